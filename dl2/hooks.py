@@ -3,14 +3,14 @@
 # %% auto #0
 __all__ = ['Hook', 'Hooks', 'append_stats', 'get_hist', 'get_min', 'plot_stats', 'plot_hists', 'plot_min', 'model_summary']
 
-# %% ../nbs/06a_hooks.ipynb #b2b3290b
+# %% ../nbs/06a_hooks.ipynb #8cd90f82
 from functools import partial
 import torch
 from torch import nn
 import matplotlib.pyplot as plt
 from .core import *
 
-# %% ../nbs/06a_hooks.ipynb #1585e90c
+# %% ../nbs/06a_hooks.ipynb #bc20dd00
 class Hook():
     "Calls `f(self, module, input, output)` after every forward pass of `m`, until removed."
     def __init__(self, m, f): self.hook = m.register_forward_hook(partial(f, self))
@@ -31,7 +31,7 @@ class Hooks(ListContainer):
     def remove(self):
         for h in self: h.remove()
 
-# %% ../nbs/06a_hooks.ipynb #78ae27ba
+# %% ../nbs/06a_hooks.ipynb #7f364416
 def append_stats(hook, mod, inp, outp):
     "Hook function: appends the mean, std and a 40-bin histogram over [-7, 7] of `outp` to `hook.stats`."
     if not hasattr(hook, 'stats'): hook.stats = ([], [], [])
@@ -74,7 +74,7 @@ def plot_min(hooks):
         ax.plot(get_min(h)); ax.set_ylim(0, 1)
     return fig
 
-# %% ../nbs/06a_hooks.ipynb #d9b181f5
+# %% ../nbs/06a_hooks.ipynb #3a23e1ea
 def model_summary(model, xb, find_all=False):
     "Table of each layer (each leaf module if `find_all`) of `model` and its output shape on batch `xb`."
     mods = [m for m in model.modules() if not list(m.children())] if find_all else list(model.children())

@@ -12,6 +12,7 @@ if ! $PY -c 'import torch, torchvision' 2>/dev/null; then
 fi
 if [ "${1:-}" = "--dev" ]; then extras='.[dev]'; else extras='.'; fi
 $PY -m pip install -q -e "$extras"
+command -v pyenv >/dev/null 2>&1 && pyenv rehash   # make the new `dl2_train` script visible through pyenv's shims
 
 fmnist=/usr/share/datasets/fashion-mnist
 if [ ! -f "$fmnist/train-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,85 @@
+"""Forward+backward time of `RunningBatchNorm` in training mode, as a ratio to `nn.BatchNorm2d` measured in the same run.
+
+The two lesson versions (teaching code in nbs/07_batchnorm.ipynb, read from there) are timed beside it.
+Modules are run interleaved, in a rotating order, and the median of the repeats is reported.
+
+    python benchmarks/bench_batchnorm.py                 # CPU, goal: at most 1.2x BatchNorm2d
+    python benchmarks/bench_batchnorm.py --device cuda   # GPU, goal: at most 1.5x
+    python benchmarks/bench_batchnorm.py --threads 1 --clock cpu   # a busy shared CPU: count only this process's CPU time
+"""
+import argparse, json, statistics, time
+from pathlib import Path
+import torch
+from torch import nn
+from dl2.batchnorm import RunningBatchNorm
+
+SHAPES = [(64, 32, 28, 28), (8, 128, 32, 32), (2, 64, 56, 56)]
+GOALS = {'cpu': 1.2, 'cuda': 1.5}
+NB = Path(__file__).resolve().parent.parent/'nbs'/'07_batchnorm.ipynb'
+
+def lesson_classes(names=('RunningBatchNorm10', 'LessonRunningBatchNorm11')):
+    "The notebook's teaching classes `names`, executed from their cells so there is one copy of them."
+    ns = {}
+    exec('from dl2.imports import *', ns)
+    for cell in json.loads(NB.read_text())['cells']:
+        src = ''.join(cell['source'])
+        if cell['cell_type'] == 'code' and any(src.startswith(f'class {n}(') for n in names): exec(src, ns)
+    missing = [n for n in names if n not in ns]
+    if missing: raise RuntimeError(f'{NB}: no cell defines {missing}')
+    return [ns[n] for n in names]
+
+def sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize()
+
+def time_step(mod, x, g, device, clock):
+    "Seconds for one training-mode forward and backward of `mod` on `x`."
+    x.grad = None
+    mod.zero_grad(set_to_none=True)
+    sync(device)
+    start = clock()
+    mod(x).backward(g)
+    sync(device)
+    return clock() - start
+
+def bench_shape(shape, device, reps, clock=time.perf_counter, warmup=3):
+    "Median forward+backward seconds of each module on inputs of `shape`."
+    rbn10, rbn11 = lesson_classes()
+    nf = shape[1]
+    mods = {'BatchNorm2d': nn.BatchNorm2d(nf), 'RunningBatchNorm': RunningBatchNorm(nf),
+            'lesson 11': rbn11(nf), 'lesson 10': rbn10(nf)}
+    mods = {k: m.to(device).train() for k, m in mods.items()}
+    x = torch.randn(shape, device=device).requires_grad_()
+    g = torch.randn(shape, device=device)
+    times = {k: [] for k in mods}
+    names = list(mods)
+    for i in range(warmup + reps):
+        for k in names[i % len(names):] + names[:i % len(names)]:
+            t = time_step(mods[k], x, g, device, clock)
+            if i >= warmup: times[k].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda' (default: cpu)")
+    p.add_argument('--reps', type=int, default=20, help='timed repeats per module and shape')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    p.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                   help="'wall' (default) or 'cpu': this process's CPU time, steadier on a shared CPU (CPU device only)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available(): raise SystemExit('--device cuda: no CUDA device available')
+    if args.threads: torch.set_num_threads(args.threads)
+    if args.clock == 'cpu' and device.type != 'cpu': raise SystemExit('--clock cpu: only meaningful with --device cpu')
+    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
+    goal = GOALS.get(device.type)
+    print(f'device={device} threads={torch.get_num_threads()} clock={args.clock} torch={torch.__version__} reps={args.reps}')
+    print(f"{'shape':>18} {'BatchNorm2d ms':>15} {'RunningBatchNorm':>17} {'lesson 11':>10} {'lesson 10':>10}  goal")
+    for shape in SHAPES:
+        med = bench_shape(shape, device, args.reps, clock)
+        base = med['BatchNorm2d']
+        ratios = {k: v / base for k, v in med.items()}
+        ok = '' if goal is None else ('ok' if ratios['RunningBatchNorm'] <= goal else f'MISSED (>{goal}x)')
+        print(f"{str(shape):>18} {base*1e3:15.2f} {ratios['RunningBatchNorm']:16.2f}x {ratios['lesson 11']:9.2f}x "
+              f"{ratios['lesson 10']:9.2f}x  {ok}")
+
+if __name__ == '__main__': main()
