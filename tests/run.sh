@@ -8,6 +8,7 @@ start=$(date +%s)
 
 bash tests/setup.sh --dev
 $PY tests/check_repo.py                 # no legacy '#export' directives; dl2/ in sync with the notebooks
-nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing
+# One thread per notebook worker: two workers with two threads each on two cores made small-tensor code 5-50x slower.
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing
 $PY -m pytest -q tests
 echo "tests/run.sh: all green in $(( $(date +%s) - start )) s"
