@@ -4,14 +4,14 @@
 __all__ = ['CancelTrainException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'TrainEvalCallback', 'print_row',
            'param_getter', 'Learner', 'format_time', 'AvgStats', 'AvgStatsCallback']
 
-# %% ../nbs/04_callbacks.ipynb #39f8a848
+# %% ../nbs/04_callbacks.ipynb #d50318c5
 import re, time
 import torch
 from torch import nn
 import torch.nn.functional as F
 from .core import *
 
-# %% ../nbs/04_callbacks.ipynb #db228397
+# %% ../nbs/04_callbacks.ipynb #3d815ddc
 class CancelTrainException(Exception):
     "Raise in a callback to stop training."
 class CancelEpochException(Exception):
@@ -19,7 +19,7 @@ class CancelEpochException(Exception):
 class CancelBatchException(Exception):
     "Raise in a callback to skip the rest of the batch."
 
-# %% ../nbs/04_callbacks.ipynb #9a8b9af8
+# %% ../nbs/04_callbacks.ipynb #12ae1bd7
 class Callback():
     "Base class: a method named after an event runs at that event; unknown attributes are read from the learner."
     _order = 0
@@ -40,7 +40,7 @@ class Callback():
         f = getattr(type(self), event, None)
         return bool(f and f(self))
 
-# %% ../nbs/04_callbacks.ipynb #5903fc05
+# %% ../nbs/04_callbacks.ipynb #f32bfec8
 class TrainEvalCallback(Callback):
     "Switches the model between train and eval, and counts iterations and (fractional) epochs."
     _order = -10
@@ -57,10 +57,10 @@ class TrainEvalCallback(Callback):
         self.model.eval()
         self.learn.in_train = False
 
-# %% ../nbs/04_callbacks.ipynb #65530e2c
+# %% ../nbs/04_callbacks.ipynb #04382935
 def print_row(row, width=14):
     "The default `Learner.logger`: one table row of strings (or anything) in fixed-width columns."
-    print(''.join(f'{str(o):>{width}}' for o in listify(row)))
+    print(' '.join(f'{str(o):>{width}}' for o in listify(row)))
 
 def param_getter(model):
     "The default splitter: all parameters of `model` in one group."
@@ -140,7 +140,7 @@ class Learner():
         for cb in sorted(self.cbs, key=lambda o: o._order): res = cb(event) or res
         return res
 
-# %% ../nbs/04_callbacks.ipynb #e700980a
+# %% ../nbs/04_callbacks.ipynb #d090abbd
 def format_time(t):
     "Seconds `t` as mm:ss, or h:mm:ss past an hour."
     t = int(t)

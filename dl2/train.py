@@ -2,9 +2,9 @@
 
 # %% auto #0
 __all__ = ['DATASETS', 'DEFAULT_LRS', 'CHECKPOINT', 'get_parser', 'TensorDataLoader', 'UsageError', 'dataset_folder',
-           'preload_folder', 'to_normalized', 'load_data', 'compose_tfms', 'flip_shift', 'conv_for', 'make_model',
-           'init_model', 'opt_func_for', 'suggest_lr', 'find_lr', 'write_metrics', 'save_plots', 'one_cycle',
-           'Interrupted', 'train', 'main']
+           'preload_folder', 'to_normalized', 'load_data', 'flip_shift', 'conv_for', 'make_model', 'init_model',
+           'opt_func_for', 'suggest_lr', 'find_lr', 'write_metrics', 'save_plots', 'one_cycle', 'Interrupted', 'train',
+           'main']
 
 # %% ../nbs/10_train.ipynb #ee6cc3d3
 import argparse, csv, hashlib, math, random, signal, sys, time
@@ -158,19 +158,12 @@ def load_data(dataset, bs, subset=None, seed=42, size=None, device='cpu', augmen
     x_train, y_train = _subset(d['x_train'], d['y_train'], subset, seed)
     x_valid, y_valid = _subset(d['x_valid'], d['y_valid'], subset, seed + 1)
     norm = to_normalized(d['mean'], d['std'])
-    train_tfm = compose_tfms(augment, norm) if augment else norm
+    train_tfm = partial(compose, funcs=[augment, norm]) if augment else norm
     g = torch.Generator().manual_seed(seed)
     data = DataBunch(TensorDataLoader(x_train, y_train, bs, shuffle=True, generator=g, tfm=train_tfm).to(device),
                      TensorDataLoader(x_valid, y_valid, bs * 2, tfm=norm).to(device), c_in=x_train.shape[1], c_out=len(d['vocab']))
     data.vocab = d['vocab']
     return data
-
-def compose_tfms(*tfms):
-    "One batch transform applying `tfms` left to right."
-    def _inner(x):
-        for t in tfms: x = t(x)
-        return x
-    return _inner
 
 # %% ../nbs/10_train.ipynb #7f10223e
 def flip_shift(x, flip=True, pad=2):
