@@ -4,7 +4,6 @@
 __all__ = ['body_head_splitter', 'CheckpointCallback', 'ResumeCallback']
 
 # %% ../nbs/09b_learner.ipynb #aee7ccab
-import os, tempfile
 from pathlib import Path
 import torch
 from torch import nn
@@ -24,18 +23,12 @@ def body_head_splitter(model):
     return [{'params': body}, {'params': head}]
 
 # %% ../nbs/09b_learner.ipynb #9611cc85
+from .datasets import _atomic_write
+
 def _atomic_save(obj, path):
-    "`torch.save(obj)` to `path` through a temporary file in the same folder, so `path` is never half-written."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-    return path
+    "`torch.save(obj)` to `path` through a temporary file beside it, so `path` is never half-written."
+    with _atomic_write(path) as tmp: torch.save(obj, tmp)
+    return Path(path)
 
 def _logs(learn):
     "Per-epoch metrics and recorded training losses/learning rates of `learn`, when it has those callbacks."
