@@ -162,6 +162,11 @@ def _decodes_direct(img):
     "Whether torchvision can decode `img` straight from its file: an unloaded RGB or L JPEG/PNG."
     return decode_image is not None and img.format in ('JPEG', 'PNG') and img.mode in ('RGB', 'L') and bool(getattr(img, 'tile', None) and getattr(img, 'filename', ''))
 
+def _pil_to_tensor(img):
+    "A PIL image (mode L or RGB) decoded by PIL into a uint8 CxHxW tensor."
+    x = torch.from_numpy(np.array(img, dtype=np.uint8))
+    return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+
 def to_byte_tensor(img):
     "A PIL image as a uint8 CxHxW tensor (tensors pass through); unloaded JPEG/PNG files are decoded by torchvision."
     if isinstance(img, torch.Tensor): return img
@@ -169,17 +174,24 @@ def to_byte_tensor(img):
         x = decode_image(img.filename, mode=ImageReadMode.RGB if img.mode == 'RGB' else ImageReadMode.GRAY)
         img.close()
         return x
-    x = torch.from_numpy(np.array(img, dtype=np.uint8))
-    return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    return _pil_to_tensor(img)
 to_byte_tensor._order = 10
 
+def _draft(img, size):
+    "Decode the unloaded JPEG `img` at the smallest DCT scale still covering twice `size` (h, w); None if that is full scale."
+    if not (isinstance(img, PIL.Image.Image) and img.format == 'JPEG' and img.mode in ('RGB', 'L') and getattr(img, 'tile', None)): return None
+    full = img.size
+    img.draft(img.mode, (2*size[1], 2*size[0]))
+    return None if img.size == full else _pil_to_tensor(img)
+
 class ResizeFixed(Transform):
-    "Squish an image (uint8 tensor, or PIL) to `size` (int or (h, w)) with antialiased bilinear resampling."
-    _order = 15
+    "Squish an image (uint8 tensor, or PIL) to `size` (int or (h, w)) with antialiased bilinear resampling; big JPEGs are decoded at reduced scale."
+    _order = 5
     def __init__(self, size): self.size = (size, size) if isinstance(size, int) else tuple(size)
     def __repr__(self): return f'ResizeFixed({self.size})'
     def __call__(self, x):
-        x = to_byte_tensor(x)
+        small = _draft(x, self.size)
+        x = to_byte_tensor(x) if small is None else small
         if tuple(x.shape[-2:]) == self.size: return x
         return F.interpolate(x[None], size=self.size, mode='bilinear', antialias=True)[0]
 
