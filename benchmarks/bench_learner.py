@@ -59,10 +59,11 @@ def main():
     args = p.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    full = load_data('fashion-mnist', args.bs, augment=partial(flip_shift, flip=True))
+    full = load_data('fashion-mnist', args.bs, augment=partial(flip_shift, flip=True, pad=0))   # dl2_train's default for Fashion-MNIST
     data = DataBunch(truncated(full.train_dl, args.batches), truncated(full.valid_dl, 4), full.c_in, full.c_out)
     model0 = make_model(data, [32, 64, 128, 256], 'rbn')
     init_cnn(model0)
+    model0 = model0.to(memory_format=torch.channels_last)   # as dl2_train does
     opt_func, sched = opt_func_for('adam'), one_cycle(3e-3)
     loss_func = partial(F.cross_entropy, label_smoothing=0.1)
     ckpt = Path(tempfile.mkdtemp())/'bench.pth'

@@ -2,8 +2,8 @@
 
 # %% auto #0
 __all__ = ['sgd_opt', 'Optimizer', 'sgd_step', 'weight_decay', 'l2_reg', 'Stat', 'StatefulOptimizer', 'AverageGrad',
-           'momentum_step', 'sgd_mom_opt', 'AverageSqrGrad', 'StepCount', 'debias', 'adam_step', 'adam_opt',
-           'lamb_step', 'lamb', 'Recorder', 'ParamScheduler', 'LR_Find']
+           'momentum_step', 'sgd_mom_opt', 'AverageSqrGrad', 'StepCount', 'debias', 'adam_step', 'FusedAdamW',
+           'adam_opt', 'lamb_step', 'lamb', 'Recorder', 'ParamScheduler', 'LR_Find']
 
 # %% ../nbs/09_optimizers.ipynb #b308703e
 from functools import partial
@@ -206,8 +206,33 @@ def adam_step(ps, grads, lr, mom, mom_damp, step, sqr_mom, sqr_damp, grad_avg, s
     return ps
 adam_step._defaults = dict(eps=1e-5)
 
+
+# %% ../nbs/09_optimizers.ipynb #99e2b3cc
+def _fusable(ps, grads):
+    "Whether PyTorch's fused AdamW kernel takes these tensors: dense floats of one dtype on one CPU or CUDA device."
+    p0 = ps[0]
+    return (p0.device.type in ('cpu', 'cuda') and p0.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+            and all(p.device == p0.device and p.dtype == p0.dtype and g.dtype == p0.dtype for p, g in zip(ps, grads)))
+
+class FusedAdamW(StatefulOptimizer):
+    "`adam_opt`'s steppers and stats, run by PyTorch's fused AdamW kernel where the tensors allow it."
+    def __init__(self, params, **defaults):
+        super().__init__(params, steppers=[weight_decay, adam_step],
+                         stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount()], **defaults)
+
+    def step_group(self, ps, grads, **hyper):
+        if not _fusable(ps, grads): return super().step_group(ps, grads, **hyper)
+        states = [self.state[p] if p in self.state else self.init_state(p) for p in ps]
+        counts = {}
+        for s in states: s['step'] += 1
+        steps = [counts.setdefault(s['step'], torch.tensor(float(s['step']), device=ps[0].device)) for s in states]
+        torch._fused_adamw_(ps, grads, [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states], [], steps,
+                            lr=hyper['lr'], beta1=hyper['mom'], beta2=hyper['sqr_mom'], weight_decay=hyper['wd'],
+                            eps=hyper['eps'], amsgrad=False, maximize=False)
+
 def adam_opt(xtra_step=None, **kwargs):
     "An `opt_func` for Adam with decoupled weight decay `wd` (AdamW); `xtra_step`s are added to its steppers."
+    if xtra_step is None: return partial(FusedAdamW, **kwargs)
     return partial(StatefulOptimizer, steppers=[weight_decay, adam_step] + listify(xtra_step),
                    stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount()], **kwargs)
 

@@ -3,8 +3,8 @@
 # %% auto #0
 __all__ = ['DATASETS', 'DEFAULT_LRS', 'CHECKPOINT', 'get_parser', 'TensorDataLoader', 'UsageError', 'dataset_folder',
            'preload_folder', 'to_normalized', 'load_data', 'flip_shift', 'conv_for', 'make_model', 'init_model',
-           'opt_func_for', 'suggest_lr', 'find_lr', 'write_metrics', 'save_plots', 'one_cycle', 'Interrupted', 'train',
-           'main']
+           'opt_func_for', 'suggest_lr', 'find_lr', 'write_metrics', 'save_plots', 'tta_accuracy', 'one_cycle',
+           'Interrupted', 'train', 'main']
 
 # %% ../nbs/10_train.ipynb #ee6cc3d3
 import argparse, csv, hashlib, math, random, signal, sys, time
@@ -65,12 +65,12 @@ def get_parser():
     p.add_argument('--opt', choices=('adam', 'lamb', 'sgd'), default='adam', help='optimizer')
     p.add_argument('--norm', choices=('rbn', 'bn', 'none'), default='rbn', help='normalisation: RunningBatchNorm, BatchNorm, none')
     p.add_argument('--init', choices=('lsuv', 'kaiming'), default='lsuv', help='weight initialisation')
-    p.add_argument('--epochs', type=_positive, default=10)
-    p.add_argument('--bs', type=_positive, default=128, help='batch size')
+    p.add_argument('--epochs', type=_positive, default=12)
+    p.add_argument('--bs', type=_positive, default=256, help='batch size')
     p.add_argument('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule, or 'find'; default per optimizer " + str(DEFAULT_LRS))
     p.add_argument('--nfs', type=_nfs, default=[32, 64, 128, 256], help='filters of the conv layers, comma separated')
-    p.add_argument('--augment', choices=('auto', 'none', 'shift', 'flip-shift'), default='auto',
-                   help='batch augmentation of the training set; auto: flip-shift except shift only for mnist')
+    p.add_argument('--augment', choices=('auto', 'none', 'flip', 'shift', 'flip-shift'), default='auto',
+                   help='batch augmentation of the training set; auto: flip for fashion-mnist, shift for mnist, flip-shift otherwise')
     p.add_argument('--label-smoothing', type=float, default=0.1)
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'mps'), default='auto')
     p.add_argument('--seed', type=int, default=42)
@@ -189,7 +189,7 @@ def conv_for(norm):
 
 def make_model(data, nfs, norm):
     "The lesson's CNN for `data` with conv filters `nfs` and normalisation `norm`."
-    return get_cnn_model(data, nfs, conv_for(norm), leak=0.1, sub=0.4, maxv=6.)
+    return get_cnn_model(data, nfs, conv_for(norm), leak=0.1)
 
 def init_model(model, init, xb):
     "Initialise `model` with 'kaiming' (`init_cnn`) or 'lsuv' (`init_cnn` then LSUV on the batch `xb`)."
@@ -245,6 +245,17 @@ def save_plots(recorder, out):
         plot(ax=ax)
         fig.savefig(Path(out)/f'{name}.png', dpi=80, bbox_inches='tight'); plt.close(fig)
 
+# %% ../nbs/10_train.ipynb #c1ae91aa
+def tta_accuracy(model, dl):
+    "Accuracy of `model` on `dl` when each prediction averages the image's and its mirror image's probabilities."
+    model.eval()
+    correct = n = 0
+    with torch.no_grad():
+        for xb, yb in dl:
+            probs = model(xb).softmax(1) + model(xb.flip(3)).softmax(1)
+            correct += (probs.argmax(1) == yb).sum().item(); n += len(yb)
+    return correct / n
+
 # %% ../nbs/10_train.ipynb #c798ae47
 CHECKPOINT = 'checkpoint.pth'
 
@@ -257,8 +268,8 @@ def _seed_everything(seed):
 
 def _augment_for(args):
     aug = args.augment
-    if aug == 'auto': aug = 'shift' if args.dataset == 'mnist' else 'flip-shift'
-    return None if aug == 'none' else partial(flip_shift, flip=aug == 'flip-shift')
+    if aug == 'auto': aug = dict(mnist='shift').get(args.dataset, 'flip' if args.dataset == 'fashion-mnist' else 'flip-shift')
+    return None if aug == 'none' else partial(flip_shift, flip='flip' in aug, pad=2 if 'shift' in aug else 0)
 
 class Interrupted(KeyboardInterrupt):
     "Ctrl-C during training, after the checkpoint was saved."
@@ -278,9 +289,11 @@ def train(args, log=print):
     device = default_device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available(): raise UsageError("--device cuda: no CUDA device available")
     if device.type == 'mps' and not torch.backends.mps.is_available(): raise UsageError("--device mps: Apple MPS is not available")
-    data = load_data(args.dataset, args.bs, args.subset, args.seed, args.size, device, _augment_for(args))
+    augment = _augment_for(args)
+    data = load_data(args.dataset, args.bs, args.subset, args.seed, args.size, device, augment)
     model = make_model(data, args.nfs, args.norm).to(device)
     init_model(model, args.init, next(iter(data.train_dl))[0])
+    model = model.to(memory_format=torch.channels_last)   # oneDNN's and cuDNN's faster layout for convolutions
     learn = Learner(model, data, partial(F.cross_entropy, label_smoothing=args.label_smoothing),
                     opt_func=opt_func_for(args.opt), cbs=[DeviceCallback(device)])
     done, logs = 0, {}
@@ -308,6 +321,7 @@ def train(args, log=print):
     if learn.recorder.losses: save_plots(learn.recorder, out)
     res = dict(valid_accuracy=history[-1]['valid_accuracy'] if history else None, epochs=len(history),
                time=time.time() - start, out=out, lr=lr)
+    if augment is not None and augment.keywords['flip']: res['tta_accuracy'] = tta_accuracy(learn.model, data.valid_dl)
     return res
 
 # %% ../nbs/10_train.ipynb #3865d197
@@ -326,7 +340,8 @@ def main(argv=None):
         print(f'{parser.prog}: error: {e}', file=sys.stderr)
         return 2
     if res['valid_accuracy'] is not None:
-        print(f"final validation accuracy: {res['valid_accuracy']:.4f} after {res['epochs']} epochs "
+        tta = f" ({res['tta_accuracy']:.4f} averaged with mirror images)" if 'tta_accuracy' in res else ''
+        print(f"final validation accuracy: {res['valid_accuracy']:.4f}{tta} after {res['epochs']} epochs "
               f"({res['time']:.1f}s of training); outputs in {res['out']}")
     return 0
 
