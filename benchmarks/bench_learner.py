@@ -59,7 +59,7 @@ def main():
     args = p.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    full = load_data('fashion-mnist', args.bs, augment=partial(flip_shift, flip=True, pad=0))   # dl2_train's default for Fashion-MNIST
+    full = load_data('fashion-mnist', args.bs, augment=partial(flip_shift, flip=True, pad=1))   # dl2_train's default for Fashion-MNIST
     data = DataBunch(truncated(full.train_dl, args.batches), truncated(full.valid_dl, 4), full.c_in, full.c_out)
     model0 = make_model(data, [32, 64, 128, 256], 'rbn')
     init_cnn(model0)

@@ -70,7 +70,7 @@ def get_parser():
     p.add_argument('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule, or 'find'; default per optimizer " + str(DEFAULT_LRS))
     p.add_argument('--nfs', type=_nfs, default=[32, 64, 128, 256], help='filters of the conv layers, comma separated')
     p.add_argument('--augment', choices=('auto', 'none', 'flip', 'shift', 'flip-shift'), default='auto',
-                   help='batch augmentation of the training set; auto: flip for fashion-mnist, shift for mnist, flip-shift otherwise')
+                   help='batch augmentation of the training set (shifts of up to 2 pixels); auto: flips and 1-pixel shifts for fashion-mnist, shifts for mnist, flip-shift otherwise')
     p.add_argument('--label-smoothing', type=float, default=0.1)
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'mps'), default='auto')
     p.add_argument('--seed', type=int, default=42)
@@ -268,7 +268,8 @@ def _seed_everything(seed):
 
 def _augment_for(args):
     aug = args.augment
-    if aug == 'auto': aug = dict(mnist='shift').get(args.dataset, 'flip' if args.dataset == 'fashion-mnist' else 'flip-shift')
+    if aug == 'auto' and args.dataset == 'fashion-mnist': return partial(flip_shift, flip=True, pad=1)
+    if aug == 'auto': aug = 'shift' if args.dataset == 'mnist' else 'flip-shift'
     return None if aug == 'none' else partial(flip_shift, flip='flip' in aug, pad=2 if 'shift' in aug else 0)
 
 class Interrupted(KeyboardInterrupt):
