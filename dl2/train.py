@@ -143,9 +143,7 @@ def _subset(x, y, n, seed):
 
 def to_normalized(mean, std):
     "A batch transform: uint8 images to floats in [0, 1], normalised per channel by `mean` and `std`."
-    norm = Normalize(mean, std)
-    def _inner(x): return norm(x.float().div_(255.))
-    return _inner
+    return Normalize(mean, std).from_bytes
 
 def load_data(dataset, bs, subset=None, seed=42, size=None, device='cpu', augment=None):
     "A `DataBunch` of `TensorDataLoader`s on `device` for `dataset`; training batches go through `augment` first."
