@@ -65,7 +65,7 @@ def get_parser():
     p.add_argument('--opt', choices=('adam', 'lamb', 'sgd'), default='adam', help='optimizer')
     p.add_argument('--norm', choices=('rbn', 'bn', 'none'), default='rbn', help='normalisation: RunningBatchNorm, BatchNorm, none')
     p.add_argument('--init', choices=('lsuv', 'kaiming'), default='lsuv', help='weight initialisation')
-    p.add_argument('--epochs', type=_positive, default=12)
+    p.add_argument('--epochs', type=_positive, default=14)
     p.add_argument('--bs', type=_positive, default=256, help='batch size')
     p.add_argument('--lr', type=_lr, default=None, help="peak learning rate of the one-cycle schedule, or 'find'; default per optimizer " + str(DEFAULT_LRS))
     p.add_argument('--nfs', type=_nfs, default=[32, 64, 128, 256], help='filters of the conv layers, comma separated')
