@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['sgd_opt', 'Optimizer', 'sgd_step', 'weight_decay', 'l2_reg', 'Stat', 'StatefulOptimizer', 'AverageGrad',
-           'momentum_step', 'sgd_mom_opt', 'AverageSqrGrad', 'StepCount', 'debias', 'adam_step',
+           'momentum_step', 'sgd_mom_opt', 'AverageSqrGrad', 'StepCount', 'debias', 'adam_step', 'adam_stats',
            'FusedStatefulOptimizer', 'FusedAdamW', 'adam_opt', 'lamb_step', 'FusedLAMB', 'lamb', 'Recorder',
            'ParamScheduler', 'LR_Find']
 
@@ -215,6 +215,10 @@ def _fusable(ps, grads):
     return (p0.device.type in ('cpu', 'cuda') and p0.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
             and all(p.device == p0.device and p.dtype == p0.dtype and g.dtype == p0.dtype for p, g in zip(ps, grads)))
 
+def adam_stats():
+    "Fresh instances of Adam's statistics: EWMAs of the gradients and of their squares, and the step count."
+    return [AverageGrad(dampening=True), AverageSqrGrad(), StepCount()]
+
 def _fused_adamw_(ps, grads, states, lr, mom, sqr_mom, wd, eps):
     "Advance the step counts in `states`, then run PyTorch's fused AdamW kernel on `ps` and the averages in `states`."
     for s in states: s['step'] += 1
@@ -226,7 +230,7 @@ def _fused_adamw_(ps, grads, states, lr, mom, sqr_mom, wd, eps):
 class FusedStatefulOptimizer(StatefulOptimizer):
     "`steppers` over Adam's stats, with `fused_step` doing their work where `_fusable` allows, the steppers elsewhere."
     def __init__(self, params, steppers, **defaults):
-        super().__init__(params, steppers, stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount()], **defaults)
+        super().__init__(params, steppers, stats=adam_stats(), **defaults)
 
     def step_group(self, ps, grads, **hyper):
         if not _fusable(ps, grads): return super().step_group(ps, grads, **hyper)
@@ -244,7 +248,7 @@ def adam_opt(xtra_step=None, **kwargs):
     "An `opt_func` for Adam with decoupled weight decay `wd` (AdamW); `xtra_step`s are added to its steppers."
     if xtra_step is None: return partial(FusedAdamW, **kwargs)
     return partial(StatefulOptimizer, steppers=[weight_decay, adam_step] + listify(xtra_step),
-                   stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount()], **kwargs)
+                   stats=adam_stats(), **kwargs)
 
 # %% ../nbs/09_optimizers.ipynb #4f01072e
 def _trust_ratio(ps, upd):
@@ -289,4 +293,4 @@ def lamb(xtra_step=None, **kwargs):
     "An `opt_func` for LAMB; `xtra_step`s are added to its steppers."
     if xtra_step is None: return partial(FusedLAMB, **kwargs)
     return partial(StatefulOptimizer, steppers=[lamb_step] + listify(xtra_step),
-                   stats=[AverageGrad(dampening=True), AverageSqrGrad(), StepCount()], **kwargs)
+                   stats=adam_stats(), **kwargs)
