@@ -135,6 +135,10 @@ class StatefulOptimizer(Optimizer):
         _maybe_update(self.stats, defaults, _get_defaults)
         super().__init__(params, steppers, **defaults)
 
+    def states_for(self, ps):
+        "The state dict of each of `ps`, created on first use."
+        return [self.state[p] if p in self.state else self.init_state(p) for p in ps]
+
     def init_state(self, p):
         "The state of every stat for parameter `p`, stored in `self.state[p]`."
         self.state[p] = state = {}
@@ -143,7 +147,7 @@ class StatefulOptimizer(Optimizer):
 
     def step_group(self, ps, grads, **hyper):
         "Steppers that change the gradients (`_order < 0`), then the stats, then the other steppers."
-        states = [self.state[p] if p in self.state else self.init_state(p) for p in ps]
+        states = self.states_for(ps)
         pre = [s for s in self.steppers if getattr(s, '_order', 0) < 0]
         compose(ps, pre, grads=grads, **hyper)
         stats = {}
@@ -234,7 +238,7 @@ class FusedStatefulOptimizer(StatefulOptimizer):
 
     def step_group(self, ps, grads, **hyper):
         if not _fusable(ps, grads): return super().step_group(ps, grads, **hyper)
-        self.fused_step(ps, grads, [self.state[p] if p in self.state else self.init_state(p) for p in ps], **hyper)
+        self.fused_step(ps, grads, self.states_for(ps), **hyper)
 
     def fused_step(self, ps, grads, states, **hyper): raise NotImplementedError
 

@@ -264,11 +264,14 @@ def one_cycle(lr, pct_start=0.25):
 def _seed_everything(seed):
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
+_AUTO_AUGMENT = {'fashion-mnist': dict(flip=True, pad=1), 'mnist': dict(flip=False, pad=2)}
+
 def _augment_for(args):
+    "The `flip_shift` batch transform `args.augment` asks for ('auto': by dataset), or None."
     aug = args.augment
-    if aug == 'auto' and args.dataset == 'fashion-mnist': return partial(flip_shift, flip=True, pad=1)
-    if aug == 'auto': aug = 'shift' if args.dataset == 'mnist' else 'flip-shift'
-    return None if aug == 'none' else partial(flip_shift, flip='flip' in aug, pad=2 if 'shift' in aug else 0)
+    if aug == 'none': return None
+    if aug == 'auto': return partial(flip_shift, **_AUTO_AUGMENT.get(args.dataset, dict(flip=True, pad=2)))
+    return partial(flip_shift, flip='flip' in aug, pad=2 if 'shift' in aug else 0)
 
 class Interrupted(KeyboardInterrupt):
     "Ctrl-C during training, after the checkpoint was saved."
