@@ -2,6 +2,7 @@
 lesson's per-parameter Adam, on the lesson's CNN, torchvision's resnet18 and a stack of 50 conv+BN blocks.
 
 Run: `python benchmarks/bench_optimizers.py [--budget SECONDS_PER_MODEL] [--device cpu|cuda] [--threads N] [--clock wall|cpu]`.
+On the CPU, `lamb` runs dl2's C++ kernel; the time to compile it (first run) or load it is printed apart.
 On a busy shared CPU, `--threads 1 --clock cpu` (CPU time of this process) is far less noisy than wall time.
 Every implementation steps its own copy of the model with the same fixed gradients; implementations are
 interleaved (rotating order, one step each per round) and the table shows median times and their ratios to
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 import torchvision
 from dl2.layers import get_cnn_model, conv_layer
-from dl2.optimizers import adam_opt, lamb, debias
+from dl2.optimizers import adam_opt, lamb, lamb_kernel, debias
 
 
 class LessonAdam():
@@ -91,6 +92,10 @@ def main():
     clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; "
           "time of step+zero_grad, median; ratio = time / peer's time (lower is better)")
+    if device.type == 'cpu':   # a one-off cost, kept out of the step times: compile (first run) or load from the cache
+        start = time.perf_counter()
+        built = lamb_kernel() is not None
+        print(f"lamb's C++ kernel: {'ready' if built else 'NOT AVAILABLE (lamb runs its fallback)'} in {time.perf_counter() - start:.1f} s")
     print(f"{'model':13} {'tensors':>7} {'optimizer':15} {'median us':>10} {'/ fused':>8} {'/ foreach':>9} {'/ lesson':>8}")
     for mname, make in MODELS.items():
         n, med, rounds = bench_model(make, args.budget, device, clock)

@@ -123,6 +123,60 @@ def test_lamb_trust_ratio_is_clipped():
     assert_close(p, torch.full((4,), 100. - 0.1 * 10 * (1 / (1 + 1e-6 / 1e-3))), eps=1e-6)
 
 
+def needs_kernel():
+    "dl2's C++ LAMB kernel, or a skip naming why this machine has none."
+    kernel = lamb_kernel()
+    if kernel is None: pytest.skip('no C++ compiler with OpenMP: the LAMB kernel could not be built')
+    return kernel
+
+@pytest.mark.parametrize('wd', [0., 0.01])
+def test_lamb_kernel_matches_paper(wd):
+    "float32 CPU tensors take the C++ kernel; compared with the paper's update run in float64."
+    needs_kernel()
+    seq, ps64 = grad_seq(), params64()
+    with torch.no_grad(): ps64[1].zero_()
+    ps = [p.detach().float().requires_grad_() for p in ps64]
+    run(lamb(wd=wd)(ps, lr=0.01), ps, [[g.float() for g in gs] for gs in seq])
+    for i, (p, p0) in enumerate(zip(ps, ps64)):
+        assert_close(p.double(), lamb_reference(p0.detach(), [gs[i] for gs in seq], 0.01, wd=wd), eps=1e-5)
+
+def test_lamb_kernel_trust_ratio_is_clipped():
+    needs_kernel()
+    p = torch.full((4,), 100., requires_grad=True)
+    p.grad = torch.full((4,), 1e-3)
+    lamb()([p], lr=0.1).step()
+    assert_close(p, torch.full((4,), 100. - 0.1 * 10 * (1 / (1 + 1e-6 / 1e-3))), eps=1e-4)
+
+def test_lamb_kernel_tells_autograd():
+    "The kernel writes through pointers, so it bumps the version counters: a stale graph fails loudly, as after torch.optim."
+    needs_kernel()
+    p = torch.randn(8, requires_grad=True)
+    loss = (p * p).sum()
+    p.grad = torch.randn(8)
+    lamb()([p], lr=0.1).step()
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'): loss.backward()
+
+def test_lamb_kernel_rejects_other_tensors():
+    kernel = needs_kernel()
+    p, g, m, v = (torch.zeros(3, dtype=torch.float64) for _ in range(4))
+    with pytest.raises(RuntimeError, match='dense float32 CPU tensors'): kernel.lamb_([p], [g], [m], [v], [1], 0.1, 0.9, 0.99, 1e-6, 0., 10.)
+
+def test_lamb_without_kernel_warns_and_falls_back(monkeypatch):
+    "No compiler: one warning naming the cause, then the fused-AdamW path gives the same LAMB."
+    import torch.utils.cpp_extension as ext
+    def no_compiler(*args, **kwargs): raise RuntimeError('Error building extension: c++ not found')
+    monkeypatch.setattr(ext, 'load_inline', no_compiler)
+    lamb_kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match='could not be built.*c[+][+] not found'): assert lamb_kernel() is None
+        seq, ps64 = grad_seq(), params64()
+        ps = [p.detach().float().requires_grad_() for p in ps64]
+        run(lamb()(ps, lr=0.01), ps, [[g.float() for g in gs] for gs in seq])
+        for i, (p, p0) in enumerate(zip(ps, ps64)):
+            assert_close(p.double(), lamb_reference(p0.detach(), [gs[i] for gs in seq], 0.01), eps=1e-5)
+    finally: lamb_kernel.cache_clear()
+
+
 @pytest.mark.parametrize('opt_func', [adam_opt(wd=0.1), lamb(wd=0.1), sgd_opt, partial(sgd_mom_opt, mom=0.8)],
                          ids=['adam', 'lamb', 'sgd', 'sgd_mom'])
 def test_resume_from_checkpoint(opt_func):
