@@ -7,7 +7,7 @@ __all__ = ['sgd_opt', 'Optimizer', 'sgd_step', 'weight_decay', 'l2_reg', 'Stat',
            'Recorder', 'ParamScheduler', 'LR_Find']
 
 # %% ../nbs/09_optimizers.ipynb #b308703e
-import functools, logging, warnings
+import functools
 from functools import partial
 import torch
 from .core import *
@@ -348,26 +348,10 @@ void lamb_(std::vector<at::Tensor> ps, std::vector<at::Tensor> gs, std::vector<a
 }
 """
 
-def _vector_flags():
-    "Compiler flags for the vector instructions PyTorch uses on this CPU (the kernel ran 1.1x faster with AVX-512 than without)."
-    return {'AVX512': ['-mavx512f', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma', '-mprefer-vector-width=512'],
-            'AVX2': ['-mavx2', '-mfma']}.get(torch.backends.cpu.get_cpu_capability(), [])
-
 @functools.lru_cache(maxsize=None)
 def lamb_kernel():
-    "dl2's C++ LAMB step for float32 CPU tensors, compiled on first use and cached on disk; None where it cannot be built."
-    log = logging.getLogger('torch.utils.cpp_extension')
-    level = log.level
-    log.setLevel(logging.ERROR)   # its import warns about CUDA_HOME, which a CPU kernel does not use
-    try:
-        from torch.utils.cpp_extension import load_inline
-        return load_inline(f'dl2_lamb_{torch.backends.cpu.get_cpu_capability().lower()}', _LAMB_CPP, functions=['lamb_'],
-                           extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', *_vector_flags()], extra_ldflags=['-fopenmp'])
-    except Exception as e:
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        warnings.warn(f"dl2: the C++ LAMB kernel could not be built, so lamb() uses PyTorch's fused AdamW and _foreach_ ops ({msg})")
-        return None
-    finally: log.setLevel(level)
+    "dl2's C++ LAMB step for float32 CPU tensors, built on first use by `load_cpp`; None where it cannot be built."
+    return load_cpp('dl2_lamb', _LAMB_CPP, ['lamb_'])
 
 def _dense(t):
     "Whether `t` is laid out without gaps, in the standard or the channels-last order."

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
-from dl2.batchnorm import RunningBatchNorm, _RunningBNFunction
+from dl2.batchnorm import RunningBatchNorm, _RunningBNFunction, running_bn_kernel
 
 _spec = importlib.util.spec_from_file_location('bench_batchnorm', Path(__file__).parent.parent/'benchmarks'/'bench_batchnorm.py')
 _bench = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_bench)
@@ -67,6 +67,45 @@ def test_channels_last():
     x, g = torch.randn(4, 8, 6, 6), torch.randn(4, 8, 6, 6)
     outs = [_step(RunningBatchNorm(8), xi, g) for xi in (x, x.to(memory_format=torch.channels_last))]
     for a, b in zip(*outs): torch.testing.assert_close(a, b)
+
+def needs_kernel():
+    if running_bn_kernel() is None: pytest.skip('no C++ compiler with OpenMP: the RunningBatchNorm kernel could not be built')
+
+@settings(max_examples=15, deadline=None)
+@given(bss=st.lists(st.integers(2, 9), min_size=1, max_size=25), hw=st.sampled_from([1, 2, 5]), nd=st.sampled_from([2, 3, 4]),
+       channels_last=st.booleans(), mom=st.floats(0.01, 0.5), scale=st.floats(0.05, 5.), seed=st.integers(0, 1000))
+def test_kernel_matches_lesson_11(bss, hw, nd, channels_last, mom, scale, seed):
+    "The float32 C++ kernel against lesson 11 in float64, for any batch sizes (lesson 11 divides by zero at 1), ranks and layouts."
+    needs_kernel()
+    torch.manual_seed(seed)
+    ours, ref = RunningBatchNorm(3, mom=mom), LessonRunningBatchNorm11(3, mom=mom).double()
+    with torch.no_grad(): ours.mults.uniform_(0.5, 2); ours.adds.normal_(); ref.mults.copy_(ours.mults.view(3, 1, 1)); ref.adds.copy_(ours.adds.view(3, 1, 1))
+    for bs in bss:
+        shape = (bs, 3) + (hw,) * (nd - 2)
+        x, g = torch.randn(shape, dtype=torch.float64) * scale + 1, torch.randn(shape, dtype=torch.float64)
+        xf, gf = x.float(), g.float()
+        if channels_last and nd == 4: xf, gf = xf.contiguous(memory_format=torch.channels_last), gf.contiguous(memory_format=torch.channels_last)
+        # lesson 11 takes 4-d input: give the reference the same values with trailing positions flattened to (hw*hw..., 1)
+        x4, g4 = x.reshape(bs, 3, -1, 1), g.reshape(bs, 3, -1, 1)
+        for a, b in zip(_step(ours, xf, gf), _step(ref, x4, g4)):
+            b = b.view_as(a)
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * max(1., b.abs().max().item()))
+    torch.testing.assert_close(ours.sums.double(), ref.sums.flatten(), rtol=1e-4, atol=1e-4)
+
+def test_kernel_build_failure_falls_back(monkeypatch):
+    "No compiler: one warning naming the cause, then the PyTorch path gives the same training step."
+    import torch.utils.cpp_extension as ext
+    def no_compiler(*args, **kwargs): raise RuntimeError('Error building extension: c++ not found')
+    monkeypatch.setattr(ext, 'load_inline', no_compiler)
+    running_bn_kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="could not build the C[+][+] kernel 'dl2_running_bn'.*c[+][+] not found"):
+            assert running_bn_kernel() is None
+        torch.manual_seed(0)
+        x, g = torch.randn(4, 8, 6, 6), torch.randn(4, 8, 6, 6)
+        outs = [_step(RunningBatchNorm(8, kernel=k), x, g) for k in (True, False)]
+        for a, b in zip(*outs): torch.testing.assert_close(a, b)
+    finally: running_bn_kernel.cache_clear()
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
