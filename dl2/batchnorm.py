@@ -9,6 +9,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .core import *
+from .core import _plain_layout
 from .layers import GeneralRelu
 
 # %% ../nbs/07_batchnorm.ipynb #05836cc8
@@ -328,8 +329,7 @@ def running_bn_kernel():
 def _kernel_fits(m, x):
     "Whether `running_bn_kernel` takes input `x` of module `m`: float32 on the CPU, standard or channels-last layout, no autocast."
     return (x.device.type == 'cpu' and x.dtype == m.means.dtype == m.mults.dtype == torch.float32 and x.numel() > 0
-            and not torch.is_autocast_enabled('cpu')
-            and (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))))
+            and not torch.is_autocast_enabled('cpu') and _plain_layout(x))
 
 # %% ../nbs/07_batchnorm.ipynb #ec3ddab2
 class RunningBatchNorm(nn.Module):

@@ -84,10 +84,14 @@ def _cpp_extension():
 def load_cpp(name, source, functions):
     "C++ `source` built (first use) or loaded (later) as extension `name` exposing `functions`; None, with a warning, if that fails."
     try:
-        return _cpp_extension().load_inline(f'{name}_{torch.backends.cpu.get_cpu_capability().lower()}', source, functions=functions,
+        cpu = re.sub(r'\W+', '_', torch.backends.cpu.get_cpu_capability().lower())   # e.g. 'avx512'; some contain spaces
+        return _cpp_extension().load_inline(f'{name}_{cpu}', source, functions=functions,
                                             extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', *_vector_flags()], extra_ldflags=['-fopenmp'])
     except Exception as e:
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
         warnings.warn(f"dl2: could not build the C++ kernel {name!r}, so plain PyTorch code runs instead ({cause})")
         return None
 
+def _plain_layout(t):
+    "Whether `t` is dense in the standard order, or 4-d and dense in the channels-last order: the layouts dl2's kernels take."
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))

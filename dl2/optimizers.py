@@ -11,6 +11,7 @@ import functools
 from functools import partial
 import torch
 from .core import *
+from .core import _plain_layout
 from .schedules import Recorder, ParamScheduler
 from .lr_find import LR_Find
 
@@ -353,14 +354,10 @@ def lamb_kernel():
     "dl2's C++ LAMB step for float32 CPU tensors, built on first use by `load_cpp`; None where it cannot be built."
     return load_cpp('dl2_lamb', _LAMB_CPP, ['lamb_'])
 
-def _dense(t):
-    "Whether `t` is laid out without gaps, in the standard or the channels-last order."
-    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-
 def _kernel_takes(ps, grads, states):
     "Whether `lamb_kernel` takes these tensors: float32 on the CPU, gradients and averages laid out like their parameter."
     return ps[0].device.type == 'cpu' and ps[0].dtype == torch.float32 and all(
-        _dense(p) and g.stride() == p.stride() == s['grad_avg'].stride() == s['sqr_avg'].stride()
+        _plain_layout(p) and g.stride() == p.stride() == s['grad_avg'].stride() == s['sqr_avg'].stride()
         for p, g, s in zip(ps, grads, states))
 
 # %% ../nbs/09_optimizers.ipynb #ed5772ad
