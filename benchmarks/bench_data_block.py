@@ -1,7 +1,8 @@
 """Images per second from imagenette-like JPEG folders to normalised float batches of 128x128 images.
 
-Compares `dl2.data_block` (decode straight to a tensor with torchvision, uint8 resize, float conversion and
-normalisation once per batch) with, in the same run:
+Compares `dl2.data_block` (decode straight to a tensor with torchvision, or at reduced scale with simplejpeg for
+JPEGs at least twice the target, uint8 resize, float conversion and normalisation once per batch, in shared memory
+inside workers) with, in the same run:
   * the lesson's 2019 path: PIL open, convert('RGB'), PIL bilinear resize, bytes -> tensor, float per item,
     default collate, then per-channel normalisation of the batch;
   * torchvision `ImageFolder` with `transforms.v2` (Resize, ToImage, ToDtype, Normalize);

@@ -8,7 +8,7 @@ __all__ = ['image_extensions', 'fashion_mnist_folder', 'get_files', 'ItemList', 
            'channel_stats', 'ImageCollate', 'show_image', 'show_batch', 'PreloadedData', 'image_databunch']
 
 # %% ../nbs/08_data_block.ipynb #2e2a8952
-import os, shutil, uuid, hashlib
+import hashlib, math, os, shutil, uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,8 @@ import PIL.Image
 import matplotlib.pyplot as plt
 try: from torchvision.io import decode_image, ImageReadMode  # deprecated in torchvision 0.29 (for torchcodec)
 except ImportError: decode_image = None                       # without it, every image is decoded by PIL
+try: import simplejpeg                                        # libjpeg-turbo's reduced-scale decoding, straight to an array
+except ImportError: simplejpeg = None                         # without it, PIL's `draft` does that, slower
 from .core import *
 from .datasets import *
 from .training import *
@@ -178,12 +180,18 @@ def to_byte_tensor(img):
     return _pil_to_tensor(img)
 to_byte_tensor._order = 10
 
-def _draft(img, size):
-    "Decode the unloaded JPEG `img` at the smallest DCT scale still covering twice `size` (h, w); None if that is full scale."
+def _decode_reduced(img, size):
+    "The unloaded JPEG `img` decoded at a reduced DCT scale for a resize to `size` (h, w), as a uint8 tensor; None if full scale is needed."
     if not (isinstance(img, PIL.Image.Image) and img.format == 'JPEG' and img.mode in ('RGB', 'L') and getattr(img, 'tile', None)): return None
-    full = img.size
-    img.draft(img.mode, (2*size[1], 2*size[0]))
-    return None if img.size == full else _pil_to_tensor(img)
+    (w, h), (th, tw) = img.size, size
+    if simplejpeg is not None and getattr(img, 'filename', ''):
+        if w < 2*tw or h < 2*th: return None   # no scale below 1 still covers `size`
+        a = simplejpeg.decode_jpeg(Path(img.filename).read_bytes(), colorspace='RGB' if img.mode == 'RGB' else 'GRAY',
+                                   min_height=th, min_width=tw)
+        img.close()
+        return torch.from_numpy(a).permute(2, 0, 1)
+    img.draft(img.mode, (2*tw, 2*th))   # PIL decodes slower than torchvision: its reduced scale pays from 1/4, so cover twice `size`
+    return None if img.size == (w, h) else _pil_to_tensor(img)
 
 class ResizeFixed(Transform):
     "Squish an image (uint8 tensor, or PIL) to `size` (int or (h, w)) with antialiased bilinear resampling; big JPEGs are decoded at reduced scale."
@@ -191,7 +199,7 @@ class ResizeFixed(Transform):
     def __init__(self, size): self.size = (size, size) if isinstance(size, int) else tuple(size)
     def __repr__(self): return f'ResizeFixed({self.size})'
     def __call__(self, x):
-        small = _draft(x, self.size)
+        small = _decode_reduced(x, self.size)
         x = to_byte_tensor(x) if small is None else small
         if tuple(x.shape[-2:]) == self.size: return x
         return F.interpolate(x[None], size=self.size, mode='bilinear', antialias=True)[0]
@@ -331,10 +339,11 @@ class Normalize():
     def __init__(self, mean, std): self.mean, self.std = torch.as_tensor(mean).float(), torch.as_tensor(std).float()
     def __repr__(self): return f'Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})'
     def __call__(self, x): return normalize_chan(x, self.mean.to(x.device), self.std.to(x.device))
-    def from_bytes(self, x):
-        "uint8 images (0-255) straight to normalised floats: one conversion, then an in-place scale and shift."
+    def from_bytes(self, x, out=None):
+        "uint8 images (0-255) straight to normalised floats, in `out` if given: one conversion, then an in-place scale and shift."
         mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return x.float().mul_((1 / (255 * std))[..., None, None]).sub_((mean / std)[..., None, None])
+        out = x.float() if out is None else out.copy_(x)
+        return out.mul_((1 / (255 * std))[..., None, None]).sub_((mean / std)[..., None, None])
     def decode(self, x):
         "Undo the normalisation, back to [0, 1]."
         return x * self.std.to(x.device)[..., None, None] + self.mean.to(x.device)[..., None, None]
@@ -349,6 +358,12 @@ def channel_stats(items, n=1000):
     mean = s / tot
     return mean.float(), (s2 / tot - mean**2).clamp_min(0).sqrt().float()
 
+def _batch_tensor(shape, dtype):
+    "An empty tensor for a batch; inside a DataLoader worker, in shared memory, which saves the copy that sending it would make."
+    if get_worker_info() is None: return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))   # as torch's default_collate does
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
 class ImageCollate():
     "Stacks `(image, label)` pairs into a batch; uint8 images become floats in [0, 1], then `norm` is applied."
     def __init__(self, norm=None): self.norm = norm
@@ -359,8 +374,9 @@ class ImageCollate():
             raise ValueError(f'cannot batch images of sizes {sorted({tuple(o.shape) for o in xs})}: resize them to one size (ResizeFixed)') from e
         y = torch.stack(ys) if isinstance(ys[0], torch.Tensor) else torch.tensor(ys)
         if x.dtype == torch.uint8:
-            if hasattr(self.norm, 'from_bytes'): return self.norm.from_bytes(x), y
-            x = x.float().div_(255.)
+            out = _batch_tensor(x.shape, torch.float32)
+            if hasattr(self.norm, 'from_bytes'): return self.norm.from_bytes(x, out), y
+            x = out.copy_(x).div_(255.)
         return (self.norm(x) if self.norm else x), y
 
 # %% ../nbs/08_data_block.ipynb #d1371cdf

@@ -40,6 +40,25 @@ def test_truncated_jpeg_names_file(tmp_path):
     with pytest.raises(BadImageError, match='truncated.jpg'): il[0]
     assert list(verify_images([good, bad])) == [bad]
 
+@pytest.mark.parametrize('reduced_by', ['simplejpeg', 'PIL'])
+def test_truncated_big_jpeg_names_file(tmp_path, monkeypatch, reduced_by):
+    "A JPEG big enough to be decoded at reduced scale by ResizeFixed, cut short: the error still names it."
+    import dl2.data_block as db
+    if reduced_by == 'PIL': monkeypatch.setattr(db, 'simplejpeg', None)
+    elif db.simplejpeg is None: pytest.skip('simplejpeg is not installed')
+    good = _save(tmp_path/'big.jpg', _rgb(600, 500))
+    bad = tmp_path/'cut_big.jpg'
+    bad.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    assert ImageList([good], tmp_path, tfms=[make_rgb, ResizeFixed(64)])[0].shape == (3, 64, 64)
+    il = ImageList([bad], tmp_path, tfms=[make_rgb, ResizeFixed(64)])
+    with pytest.raises(BadImageError, match='cut_big.jpg'): il[0]
+
+def test_reduced_scale_grey_jpeg(tmp_path):
+    "A big grey JPEG decoded at reduced scale keeps one channel (make_grey) or becomes RGB (make_rgb)."
+    g = _save(tmp_path/'grey.jpg', _rgb(600, 500).convert('L'))
+    assert ImageList([g], tmp_path, tfms=[make_grey, ResizeFixed(64)])[0].shape == (1, 64, 64)
+    assert ImageList([g], tmp_path, tfms=[make_rgb, ResizeFixed(64)])[0].shape == (3, 64, 64)
+
 def test_truncated_png_names_file_on_pil_path(tmp_path):
     good = _save(tmp_path/'p.png', _rgb(64, 64).convert('P'))  # palette: decoded by PIL, not torchvision
     bad = tmp_path/'cut.png'
@@ -153,6 +172,19 @@ def test_workers(folder, method):
     data0 = image_databunch(folder, size=16, bs=1)
     (xs, ys), (xs0, ys0) = [[torch.cat(o) for o in zip(*dl)] for dl in (data.valid_dl, data0.valid_dl)]
     assert data.valid_dl.num_workers == 2 and torch.equal(xs, xs0) and torch.equal(ys, ys0)
+
+def _collate_in_shared_memory(batch):
+    "Collate function for the test below: where `_batch_tensor` puts a batch inside a worker."
+    from dl2.data_block import _batch_tensor
+    return torch.tensor(_batch_tensor((2, 3), torch.float32).is_shared())
+
+@pytest.mark.parametrize('method', ['fork', 'spawn'])
+def test_batches_made_in_shared_memory_by_workers(method):
+    "Inside a worker a batch is made in shared memory (sending it costs no copy); in the main process, in ordinary memory."
+    from dl2.data_block import _batch_tensor
+    assert not _batch_tensor((2, 3), torch.float32).is_shared()
+    dl = DataLoader(list(range(4)), batch_size=2, num_workers=1, collate_fn=_collate_in_shared_memory, multiprocessing_context=method)
+    assert all(bool(b) for b in dl)
 
 def test_workers_report_bad_file(folder):
     (folder/'val'/'cat'/'0.jpg').write_bytes(b'GIF89a broken')
