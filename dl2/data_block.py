@@ -186,8 +186,9 @@ def _decode_reduced(img, size):
     (w, h), (th, tw) = img.size, size
     if simplejpeg is not None and getattr(img, 'filename', ''):
         if w < 2*tw or h < 2*th: return None   # no scale below 1 still covers `size`
-        a = simplejpeg.decode_jpeg(Path(img.filename).read_bytes(), colorspace='RGB' if img.mode == 'RGB' else 'GRAY',
-                                   min_height=th, min_width=tw)
+        try: a = simplejpeg.decode_jpeg(Path(img.filename).read_bytes(), colorspace='RGB' if img.mode == 'RGB' else 'GRAY',
+                                        min_height=th, min_width=tw)
+        except ValueError: return None   # a JPEG libjpeg-turbo rejects: the full-scale decoders decide, and name the file if it is bad
         img.close()
         return torch.from_numpy(a).permute(2, 0, 1)
     img.draft(img.mode, (2*tw, 2*th))   # PIL decodes slower than torchvision: its reduced scale pays from 1/4, so cover twice `size`
