@@ -20,7 +20,7 @@ from .core import *
 from .datasets import data_path, untar_data, URLs
 from .training import *
 from .data_block import fashion_mnist_folder, image_databunch, Normalize
-from .batchnorm import conv_rbn
+from .batchnorm import conv_rbn, running_bn_kernel
 from .lsuv import lsuv_init
 from .optimizers import adam_opt, lamb, sgd_mom_opt
 from .callbacks import *
@@ -282,6 +282,13 @@ def _save_interrupted(learn, path, done):
     try: learn.save(path, epoch=done)
     finally: signal.signal(signal.SIGINT, old)
 
+def _load_kernels(args, device, log):
+    "Build (first run on a machine) or load the C++ kernel this run needs, saying so when building took a while."
+    if args.norm != 'rbn' or device.type != 'cpu': return
+    start = time.time()
+    built = running_bn_kernel() is not None
+    if built and time.time() - start > 2: log(f"built RunningBatchNorm's C++ kernel in {time.time() - start:.0f} s (cached for later runs)")
+
 def train(args, log=print):
     "Train as `args` (from `get_parser`) says; returns a dict with the final metrics and the output paths."
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
@@ -292,6 +299,7 @@ def train(args, log=print):
     if device.type == 'cuda' and not torch.cuda.is_available(): raise UsageError("--device cuda: no CUDA device available")
     if device.type == 'mps' and not torch.backends.mps.is_available(): raise UsageError("--device mps: Apple MPS is not available")
     augment = _augment_for(args)
+    _load_kernels(args, device, log)
     data = load_data(args.dataset, args.bs, args.subset, args.seed, args.size, device, augment)
     model = make_model(data, args.nfs, args.norm).to(device)
     init_model(model, args.init, next(iter(data.train_dl))[0])
