@@ -84,8 +84,9 @@ def _cpp_extension():
 def load_cpp(name, source, functions):
     "C++ `source` built (first use) or loaded (later) as extension `name` exposing `functions`; None, with a warning, if that fails."
     try:
-        cpu = re.sub(r'\W+', '_', torch.backends.cpu.get_cpu_capability().lower())   # e.g. 'avx512'; some contain spaces
-        return _cpp_extension().load_inline(f'{name}_{cpu}', source, functions=functions,
+        # the CPU's vector instructions and torch's version name the build: a cache shared by machines or kept across upgrades stays right
+        tag = re.sub(r'\W+', '_', f'{torch.backends.cpu.get_cpu_capability()}_torch{torch.__version__}'.lower())
+        return _cpp_extension().load_inline(f'{name}_{tag}', source, functions=functions,
                                             extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', *_vector_flags()], extra_ldflags=['-fopenmp'])
     except Exception as e:
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
