@@ -243,7 +243,7 @@ struct RunningBN : public torch::autograd::Function<RunningBN> {
     const int64_t C = d.C;
     const double n = double(d.N * d.L);
     const float* xp = x.data_ptr<float>();
-    std::vector<float> shift(C), zero(C, 0.f);
+    std::vector<float> shift(C);
     for (int64_t c = 0; c < C; ++c) shift[c] = xp[d.interleaved ? c : c * d.L];   // a value of the channel: keeps the sums small
     std::vector<double> s(C), ss(C);
     channel_sums(d, xp, shift.data(), xp, shift.data(), s.data(), ss.data());
@@ -334,7 +334,7 @@ def _kernel_fits(m, x):
 # %% ../nbs/07_batchnorm.ipynb #ec3ddab2
 class RunningBatchNorm(nn.Module):
     "Lesson 11's running batch norm: normalises with running statistics in training too; any (N,C,...) input."
-    kernel = True   # use `running_bn_kernel` where it takes the input
+    kernel = True   # the default for modules pickled before `kernel` existed
 
     def __init__(self, nf, mom=0.1, eps=1e-5, kernel=True):
         super().__init__()

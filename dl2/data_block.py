@@ -287,6 +287,7 @@ def parent_labeler(fn):
 _pool, _pool_pid = None, None
 
 def _n_cpus():
+    "CPUs this process may run on."
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
