@@ -5,8 +5,7 @@ __all__ = ['in_test', 'listify', 'setify', 'compose', 'ListContainer', 'camel2sn
            'test_close', 'test_fail', 'test_is', 'test_stdout', 'test_warns', 'equals', 'nequals']
 
 # %% ../nbs/00_core.ipynb #0ce445cb
-import logging, os, re, time, warnings
-from pathlib import Path
+import logging, os, re, warnings
 from collections.abc import Iterable
 from fastcore.test import test_eq, test_ne, test_close, test_fail, test_is, test_stdout, test_warns, equals, nequals
 import numpy as np
@@ -82,24 +81,13 @@ def _cpp_extension():
         return ext
     finally: log.setLevel(level)
 
-def _clear_stale_lock(ext, name, max_age=600):
-    "Remove the lock a build of extension `name` left when it was interrupted long ago: PyTorch would wait for it forever."
-    lock = Path(ext._get_build_directory(name, verbose=False))/'lock'
-    try: age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError: return
-    if age > max_age:
-        warnings.warn(f"dl2: removing {lock}, left {age/60:.0f} minutes ago by a build of {name!r} that did not finish")
-        lock.unlink(missing_ok=True)
-
 def load_cpp(name, source, functions):
     "C++ `source` built (first use) or loaded (later) as extension `name` exposing `functions`; None, with a warning, if that fails."
     try:
         # the CPU's vector instructions and torch's version name the build: a cache shared by machines or kept across upgrades stays right
         tag = re.sub(r'\W+', '_', f'{torch.backends.cpu.get_cpu_capability()}_torch{torch.__version__}'.lower())
-        ext = _cpp_extension()
-        _clear_stale_lock(ext, f'{name}_{tag}')
-        return ext.load_inline(f'{name}_{tag}', source, functions=functions,
-                               extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', *_vector_flags()], extra_ldflags=['-fopenmp'])
+        return _cpp_extension().load_inline(f'{name}_{tag}', source, functions=functions,
+                                            extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', *_vector_flags()], extra_ldflags=['-fopenmp'])
     except Exception as e:
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
         warnings.warn(f"dl2: could not build the C++ kernel {name!r}, so plain PyTorch code runs instead ({cause})")
