@@ -7,7 +7,7 @@ __all__ = ['image_extensions', 'fashion_mnist_folder', 'get_files', 'ItemList', 
            'parent_labeler', 'map_threads', 'LabeledData', 'label_by_func', 'normalize_chan', 'Normalize',
            'channel_stats', 'ImageCollate', 'show_image', 'show_batch', 'PreloadedData', 'image_databunch']
 
-# %% ../nbs/08_data_block.ipynb #2e2a8952
+# %% ../nbs/08_data_block.ipynb #8289e928
 import hashlib, math, os, shutil, uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
@@ -24,7 +24,7 @@ try: import simplejpeg                                        # libjpeg-turbo's 
 except ImportError: simplejpeg = None                         # without it, PIL's `draft` does that, slower
 from .core import *
 from .datasets import *
-from .training import *
+from .data import *
 
 # %% ../nbs/08_data_block.ipynb #9c8a8d4c
 _COMPLETE = '.complete'

@@ -2,8 +2,8 @@
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'MNIST_FILES', 'MNIST_SHAPES', 'FASHION_MNIST_CHECKSUMS', 'MNIST_CHECKSUMS', 'FASHION_MNIST_DEBIAN',
-           'data_path', 'URLs', 'DownloadError', 'download_url', 'ArchiveError', 'UnsafeArchiveError', 'untar_data',
-           'read_idx', 'DatasetNotFoundError', 'find_mnist', 'get_data']
+           'data_path', 'URLs', 'DownloadError', 'atomic_write', 'download_url', 'ArchiveError', 'UnsafeArchiveError',
+           'untar_data', 'read_idx', 'DatasetNotFoundError', 'find_mnist', 'get_data']
 
 # %% ../nbs/01_datasets.ipynb #85a7c510
 import gzip, hashlib, http.client, lzma, math, os, shutil, struct, sys, tarfile, urllib.parse, urllib.request, uuid, zipfile, zlib
@@ -35,13 +35,13 @@ class URLs:
 class DownloadError(OSError):
     "A download failed, came up short, or did not match its checksum."
 
-# %% ../nbs/01_datasets.ipynb #799ba27d
+# %% ../nbs/01_datasets.ipynb #a8c6bf4a
 def _tmp_sibling(path, suffix):
     "A fresh hidden path next to `path`: same filesystem, so a rename onto `path` is atomic."
     return path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}{suffix}')
 
 @contextmanager
-def _atomic_write(dest):
+def atomic_write(dest):
     "Yield a temporary path beside `dest`; it replaces `dest` only if the block succeeds, else it is deleted."
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -79,11 +79,11 @@ def _copy_stream(src, dst, hasher, size, show_progress):
     if bar and not IN_NOTEBOOK: print()
     return n
 
-# %% ../nbs/01_datasets.ipynb #aa8f3f20
+# %% ../nbs/01_datasets.ipynb #26f58077
 def download_url(url, dest, checksum=None, show_progress=True, timeout=30) -> Path:
     "Download `url` to `dest` through a verified temporary file, so `dest` ends up complete or absent."
     dest, hasher = Path(dest), _hasher(checksum)
-    with _atomic_write(dest) as tmp:
+    with atomic_write(dest) as tmp:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, 'xb') as f:
                 size = resp.headers.get('Content-Length')
@@ -297,7 +297,7 @@ def find_mnist(name='fashion-mnist', download=True) -> Path:
     tried = '; '.join(problems) or f'nothing in {", ".join(map(str, folders))}'
     raise DatasetNotFoundError(f'{name} not found ({tried}). To get it, {_how_to_get(name)}.')
 
-# %% ../nbs/01_datasets.ipynb #af2150e4
+# %% ../nbs/01_datasets.ipynb #48d95539
 def get_data(name='fashion-mnist'):
     "`(x_train, y_train, x_valid, y_valid)` of `name`: float images (N,784) in [0,1], int64 labels; valid is the test set."
     _mnist_source(name)
@@ -305,7 +305,7 @@ def get_data(name='fashion-mnist'):
     if not cache.exists():
         folder = find_mnist(name)
         arrays = [torch.from_numpy(read_idx(folder/f)) for f in MNIST_FILES]
-        with _atomic_write(cache) as tmp: torch.save(arrays, tmp)
+        with atomic_write(cache) as tmp: torch.save(arrays, tmp)
     x_train, y_train, x_valid, y_valid = torch.load(cache)
     to_float = lambda x: x.flatten(1).float().div_(255)  # in place: one 188MB allocation, not two
     return to_float(x_train), y_train.long(), to_float(x_valid), y_valid.long()

@@ -3,11 +3,11 @@
 # %% auto #0
 __all__ = ['LR_Find']
 
-# %% ../nbs/05b_early_stopping.ipynb #bddf1c91
+# %% ../nbs/05b_early_stopping.ipynb #07c48649
 import copy, math
 import torch
 from .core import *
-from .callbacks import *
+from .learner import *
 
 # %% ../nbs/05b_early_stopping.ipynb #012bed9b
 class LR_Find(Callback):

@@ -4,7 +4,7 @@
 __all__ = ['lin_layers', 'ConvLayer', 'get_batch', 'find_modules', 'is_lin_layer', 'LSUVStat', 'LSUVReport', 'lsuv_module',
            'lsuv_init']
 
-# %% ../nbs/07a_lsuv.ipynb #f3d9af06
+# %% ../nbs/07a_lsuv.ipynb #be3776d8
 from contextlib import contextmanager
 from dataclasses import dataclass
 import math, warnings
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from .core import *
 from .hooks import Hook, Hooks
-from .layers import GeneralRelu, BatchTransformXCallback
+from .cnn import GeneralRelu, BatchTransformXCallback
 
 # %% ../nbs/07a_lsuv.ipynb #aba27527
 class ConvLayer(nn.Module):

@@ -3,12 +3,12 @@
 # %% auto #0
 __all__ = ['can_draw_bars', 'format_row', 'ProgressCallback']
 
-# %% ../nbs/09c_add_progress_bar.ipynb #68212b48
+# %% ../nbs/09c_add_progress_bar.ipynb #d2463912
 import sys
 import torch
 from fastprogress.fastprogress import master_bar, progress_bar, IN_NOTEBOOK
 from .core import *
-from .callbacks import *
+from .learner import *
 
 # %% ../nbs/09c_add_progress_bar.ipynb #2d79a985
 def can_draw_bars(stream=None):

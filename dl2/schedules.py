@@ -4,13 +4,13 @@
 __all__ = ['annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'cos_1cycle_anneal', 'combine_scheds', 'Recorder',
            'ParamScheduler']
 
-# %% ../nbs/05_anneal.ipynb #75c65cfa
+# %% ../nbs/05_anneal.ipynb #80795143
 import math, bisect
 from functools import partial
 import torch
 import matplotlib.pyplot as plt
 from .core import *
-from .callbacks import *
+from .learner import *
 
 # %% ../nbs/05_anneal.ipynb #fe38f2ef
 def annealer(f):

@@ -6,7 +6,7 @@ __all__ = ['DATASETS', 'DEFAULT_LRS', 'CHECKPOINT', 'get_parser', 'TensorDataLoa
            'opt_func_for', 'suggest_lr', 'find_lr', 'write_metrics', 'save_plots', 'tta_accuracy', 'one_cycle',
            'Interrupted', 'train', 'main']
 
-# %% ../nbs/10_train.ipynb #ee6cc3d3
+# %% ../nbs/10_train.ipynb #87405752
 import argparse, csv, hashlib, math, random, signal, sys, time
 from functools import partial
 from pathlib import Path
@@ -18,17 +18,16 @@ import matplotlib.pyplot as plt
 from fastcore.imports import IN_IPYTHON
 from .core import *
 from .datasets import data_path, untar_data, URLs
-from .training import *
+from .data import *
 from .data_block import fashion_mnist_folder, image_databunch, Normalize
 from .batchnorm import conv_rbn, running_bn_kernel
 from .lsuv import lsuv_init
 from .optimizers import adam_opt, lamb, sgd_mom_opt
-from .callbacks import *
+from .learner import *
 from .schedules import *
 from .lr_find import *
-from .layers import *
-from .learner import *
-from .learner import _atomic_save
+from .cnn import *
+from .checkpoint import *
 from .progress import *
 
 # %% ../nbs/10_train.ipynb #1b8fcd82

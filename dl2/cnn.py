@@ -4,14 +4,14 @@
 __all__ = ['mnist_view', 'default_device', 'DeviceCallback', 'BatchTransformXCallback', 'view_tfm', 'Lambda', 'flatten',
            'GeneralRelu', 'conv_layer', 'get_cnn_layers', 'get_cnn_model', 'init_cnn', 'get_learner']
 
-# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #aee93cc7
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #e787a2f6
 import math
 from functools import partial
 import torch
 from torch import nn
 import torch.nn.functional as F
 from .core import *
-from .callbacks import *
+from .learner import *
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #9ddda9f5
 def default_device(device=None):
