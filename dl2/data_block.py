@@ -388,21 +388,26 @@ def show_image(im, ax=None, figsize=(3, 3), title=None):
     if isinstance(im, torch.Tensor):
         im = im.detach().cpu().permute(1, 2, 0)
         im = im[..., 0] if im.shape[-1] == 1 else im
+        if im.is_floating_point(): im = im.clamp(0, 1)  # resampling can overshoot a little; imshow would warn
     ax.imshow(im, cmap='gray' if np.ndim(im) == 2 else None)
     if title is not None: ax.set_title(title, fontsize=9)
     ax.axis('off')
     return ax
 
-def show_batch(data, n=16, ncols=4, figsize=None):
-    "A grid of the first `n` images of a training batch of `data`, titled with their class names."
+def _first_batch(data, n):
+    "The first `n` images of a training batch of `data`, in [0, 1], and their class names."
     xb, yb = next(iter(data.train_dl))
-    n = min(n, len(xb))
     xb = data.norm.decode(xb[:n]) if getattr(data, 'norm', None) else xb[:n]
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (2 * ncols, 2 * nrows), squeeze=False)
-    labels = data.train_ds.proc_y.deprocess(yb[:n].tolist())
-    for x, label, ax in zip(xb.clamp(0, 1), labels, axes.flat): show_image(x, ax=ax, title=label)
-    for ax in axes.flat[n:]: ax.axis('off')
+    return xb, data.train_ds.proc_y.deprocess(yb[:n].tolist())
+
+def show_batch(x, c=4, r=None, figsize=None, n=16):
+    "A grid, `c` wide and `r` high (as many rows as needed by default), of the images `x` (a batch tensor or a list); given a `DataBunch`, of the first `n` images of a training batch, titled with their classes."
+    x, titles = _first_batch(x, n) if hasattr(x, 'train_dl') else (x, None)
+    r = r or -(-len(x) // c)
+    fig, axes = plt.subplots(r, c, figsize=figsize or (2 * c, 2 * r), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(x): show_image(x[i], ax=ax, title=titles and titles[i])
+        else: ax.axis('off')
     return fig
 
 # %% ../nbs/08_data_block.ipynb #421f206a
