@@ -7,7 +7,7 @@ __all__ = ['BATCH_AUGMENTS', 'PilTransform', 'PilRandomFlip', 'PilRandomDihedral
            'affine_batch', 'RandomAffine', 'tilt_mats', 'homography_grid', 'warp_batch', 'RandomWarp', 'pil_coeffs',
            'AugmentCallback', 'batch_augment']
 
-# %% ../nbs/10_augmentation.ipynb #25fea858
+# %% ../nbs/10_augmentation.ipynb #5f213014
 import math, random
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import PIL.Image
 from .core import *
 from .data_block import Transform, to_float_tensor
-from .layers import BatchTransformXCallback
+from .cnn import BatchTransformXCallback
 
 # %% ../nbs/10_augmentation.ipynb #226fb21d
 class PilTransform(Transform):
