@@ -2,22 +2,27 @@
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'MNIST_FILES', 'MNIST_SHAPES', 'FASHION_MNIST_CHECKSUMS', 'MNIST_CHECKSUMS', 'FASHION_MNIST_DEBIAN',
-           'data_path', 'URLs', 'DownloadError', 'atomic_write', 'download_url', 'ArchiveError', 'UnsafeArchiveError',
+           'data_path', 'URLs', 'atomic_write', 'DownloadError', 'download_url', 'ArchiveError', 'UnsafeArchiveError',
            'untar_data', 'read_idx', 'DatasetNotFoundError', 'find_mnist', 'get_data']
 
 # %% ../nbs/01_datasets.ipynb #85a7c510
-import gzip, hashlib, http.client, lzma, math, os, shutil, struct, sys, tarfile, urllib.parse, urllib.request, uuid, zipfile, zlib
-from contextlib import contextmanager
+import bz2, fcntl, gzip, hashlib, http.client, lzma, math, os, queue, re, shutil, struct, sys, tarfile, threading, time
+import urllib.error, urllib.parse, urllib.request, uuid, warnings, zipfile, zlib
+from contextlib import closing, contextmanager
 from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from fastcore.imports import IN_NOTEBOOK
+from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 
 # %% ../nbs/01_datasets.ipynb #8ea435d6
 def data_path() -> Path:
     "The data folder: `$DL2_DATA` if set, else `~/.dl2/data`, created on demand."
-    path = Path(os.environ.get('DL2_DATA') or Path.home()/'.dl2'/'data').expanduser()
+    env = os.environ.get('DL2_DATA')
+    path = Path(env or Path.home()/'.dl2'/'data').expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f'the data folder {path}{" (from $DL2_DATA)" if env else ""} is a file, not a folder')
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -27,23 +32,26 @@ class URLs:
     S3_IMAGE = 'https://s3.amazonaws.com/fast-ai-imageclas/'
     FASHION_MNIST = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
     MNIST = 'https://ossci-datasets.s3.amazonaws.com/mnist/'
+    IMAGENETTE = f'{S3_IMAGE}imagenette2.tgz'
     IMAGENETTE_160 = f'{S3_IMAGE}imagenette2-160.tgz'
     IMAGENETTE_320 = f'{S3_IMAGE}imagenette2-320.tgz'
     MNIST_PNG = f'{S3_IMAGE}mnist_png.tgz'
 
-# %% ../nbs/01_datasets.ipynb #16d00999
-class DownloadError(OSError):
-    "A download failed, came up short, or did not match its checksum."
-
-# %% ../nbs/01_datasets.ipynb #a8c6bf4a
+# %% ../nbs/01_datasets.ipynb #799ba27d
 def _tmp_sibling(path, suffix):
     "A fresh hidden path next to `path`: same filesystem, so a rename onto `path` is atomic."
     return path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}{suffix}')
+
+def _leftovers(path):
+    "Temporaries that `_tmp_sibling` named after `path` and that are still on disk."
+    own = re.compile(rf'\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.(part|extracting|old)')
+    return [p for p in path.parent.iterdir() if own.fullmatch(p.name)] if path.parent.is_dir() else []
 
 @contextmanager
 def atomic_write(dest):
     "Yield a temporary path beside `dest`; it replaces `dest` only if the block succeeds, else it is deleted."
     dest = Path(dest)
+    if dest.is_dir() and not dest.is_symlink(): raise IsADirectoryError(f'{dest} is a folder; atomic_write only replaces files')
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(dest, '.part')
     try:
@@ -51,7 +59,12 @@ def atomic_write(dest):
         os.replace(tmp, dest)
     finally: tmp.unlink(missing_ok=True)
 
+# %% ../nbs/01_datasets.ipynb #16d00999
+class DownloadError(OSError):
+    "A download failed, came up short, was too slow or too big, or did not match its checksum."
+
 # %% ../nbs/01_datasets.ipynb #ca4af43f
+_GiB = 2**30
 _HASHES = {32: 'md5', 64: 'sha256'}
 
 def _hasher(checksum):
@@ -60,6 +73,18 @@ def _hasher(checksum):
     if len(checksum) not in _HASHES: raise ValueError(f'checksum {checksum!r}: expected 32 (md5) or 64 (sha256) hex digits')
     return hashlib.new(_HASHES[len(checksum)])
 
+def _file_hexdigest(path, checksum):
+    "The digest of the file at `path`, with the hash that `checksum` uses."
+    hasher = _hasher(checksum)
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20): hasher.update(chunk)
+    return hasher.hexdigest()
+
+def _content_length(headers):
+    "The body size announced in `headers`, or None when there is none or it is not a plain number."
+    value = (headers.get('Content-Length') or '').strip()
+    return int(value) if value.isdecimal() else None
+
 def _progress_bar(size):
     "A fastprogress bar counting up to `size` bytes, or None where it would only print noise."
     if not (IN_NOTEBOOK or getattr(sys.stdout, 'isatty', lambda: False)()): return None
@@ -67,29 +92,84 @@ def _progress_bar(size):
     bar.update(0)
     return bar
 
-def _copy_stream(src, dst, hasher, size, show_progress):
-    "Copy file object `src` to `dst` in chunks, feeding `hasher` and a progress bar; return the byte count."
-    bar = _progress_bar(size) if show_progress else None
-    n = 0
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-        n += len(chunk)
-        if hasher: hasher.update(chunk)
-        if bar: bar.update(n)
-    if bar and not IN_NOTEBOOK: print()
-    return n
+# %% ../nbs/01_datasets.ipynb #3e9a41f6
+def _redirect_allowed(old, new):
+    "Whether a download may follow a redirect from URL `old` to URL `new`."
+    old, new = urllib.parse.urlparse(old).scheme, urllib.parse.urlparse(new).scheme
+    return new in ('http', 'https') and not (old == 'https' and new == 'http')
 
-# %% ../nbs/01_datasets.ipynb #26f58077
-def download_url(url, dest, checksum=None, show_progress=True, timeout=30) -> Path:
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    "urllib's redirect handling, minus the redirects that `_redirect_allowed` forbids."
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not _redirect_allowed(req.full_url, newurl):
+            raise urllib.error.HTTPError(newurl, code, f'refusing the redirect from {req.full_url} to {newurl}', headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+# %% ../nbs/01_datasets.ipynb #4d1f7a90
+def _put(q, item, stop):
+    "Put `item` on queue `q`, unless `stop` gets set while it waits for room."
+    while not stop.is_set():
+        try: return q.put(item, timeout=0.1)
+        except queue.Full: pass
+
+def _fetch(url, timeout, q, stop):
+    "Network thread: put the headers of `url`, then its body as it arrives, then None on `q`; or the exception that stopped it."
+    try:
+        with urllib.request.build_opener(_SafeRedirects).open(url, timeout=timeout) as resp:
+            _put(q, resp.headers, stop)
+            read = getattr(resp, 'read1', resp.read)  # read1 returns what has arrived instead of waiting for a full chunk
+            while not stop.is_set() and (chunk := read(1 << 20)): _put(q, chunk, stop)
+        _put(q, None, stop)
+    except Exception as e: _put(q, e, stop)
+
+def _stream(url, timeout, deadline, min_rate):
+    "Yield the headers of `url`, then its body in chunks, within `deadline` s and at `min_rate` bytes/s per `timeout` s."
+    q, stop = queue.Queue(maxsize=16), threading.Event()
+    # After we give up, the thread stops at its next chunk or socket timeout, whichever comes first.
+    threading.Thread(target=_fetch, args=(url, timeout, q, stop), daemon=True).start()
+    start = mark = time.monotonic()
+    got = got_at_mark = 0
+    try:
+        while True:
+            now = time.monotonic()
+            if now - start > deadline:
+                raise DownloadError(f'{url}: unfinished after the {deadline:g} s deadline ({got:,} bytes in); pass a larger deadline=')
+            if now - mark >= timeout:
+                if got - got_at_mark < min_rate * (now - mark):
+                    raise DownloadError(f'{url}: too slow, {got - got_at_mark:,} bytes in {now - mark:.1f} s (min_rate={min_rate:,} bytes/s)')
+                mark, got_at_mark = now, got
+            try: item = q.get(timeout=max(0, min(start + deadline, mark + timeout) - now))
+            except queue.Empty: continue
+            if item is None: return
+            if isinstance(item, Exception): raise item
+            if isinstance(item, bytes): got += len(item)
+            yield item
+    finally: stop.set()
+
+# %% ../nbs/01_datasets.ipynb #aa8f3f20
+def _save_body(body, f, url, hasher, max_bytes, show_progress):
+    "Write the chunks after the headers in `body` to `f`, feeding `hasher` and a progress bar; return (bytes, announced size)."
+    size = _content_length(next(body))
+    if size is not None and size > max_bytes: raise DownloadError(f'{url} announces {size:,} bytes, more than max_bytes={max_bytes:,}')
+    bar, got = _progress_bar(size) if show_progress else None, 0
+    for chunk in body:
+        got += len(chunk)
+        if got > max_bytes: raise DownloadError(f'{url} sent more than max_bytes={max_bytes:,} bytes')
+        f.write(chunk)
+        if hasher: hasher.update(chunk)
+        if bar: bar.update(got)
+    if bar and not IN_NOTEBOOK: print()
+    return got, size
+
+def download_url(url, dest, checksum=None, show_progress=True, timeout=30, *,
+                 deadline=4*3600, min_rate=1024, max_bytes=4*_GiB) -> Path:
     "Download `url` to `dest` through a verified temporary file, so `dest` ends up complete or absent."
     dest, hasher = Path(dest), _hasher(checksum)
-    with atomic_write(dest) as tmp:
+    with atomic_write(dest) as tmp, closing(_stream(url, timeout, deadline, min_rate)) as body:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, 'xb') as f:
-                size = resp.headers.get('Content-Length')
-                size = None if size is None else int(size)
-                got = _copy_stream(resp, f, hasher, size, show_progress)
-        except (OSError, http.client.HTTPException) as e: raise DownloadError(f'could not download {url}: {e}') from e
+            with open(tmp, 'xb') as f: got, size = _save_body(body, f, url, hasher, max_bytes, show_progress)
+        except DownloadError: raise
+        except (OSError, http.client.HTTPException) as e: raise DownloadError(f'could not download {url} to {dest}: {e}') from e
         if size is not None and got != size:
             raise DownloadError(f'truncated download of {url}: got {got:,} of {size:,} bytes')
         if hasher and (actual := hasher.hexdigest()) != checksum.lower():
@@ -98,7 +178,7 @@ def download_url(url, dest, checksum=None, show_progress=True, timeout=30) -> Pa
 
 # %% ../nbs/01_datasets.ipynb #a835895a
 class ArchiveError(OSError):
-    "An archive could not be read: corrupt, truncated or of an unknown kind."
+    "An archive could not be unpacked: corrupt, truncated, of an unknown kind, or over a size limit."
 
 class UnsafeArchiveError(ArchiveError):
     "An archive member could write outside the extraction folder."
@@ -136,29 +216,71 @@ def _tar_member_problem(m, links):
 # %% ../nbs/01_datasets.ipynb #2906bf6c
 _TAR_FILTER = dict(filter='data') if hasattr(tarfile, 'data_filter') else {}
 _FILTER_ERRORS = getattr(tarfile, 'FilterError', ())
-_CORRUPT_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+_CORRUPT_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
+                   NotImplementedError)  # zipfile's answer to an unknown compression method
+_COMPRESSIONS = {b'\x1f\x8b': gzip.open, b'BZh': bz2.open, b'\xfd7zXZ\x00': lzma.open}
+_MAX_HEADER = 1 << 20
 
 def _refuse(archive, member, problem):
     "Raise `UnsafeArchiveError` naming `member` of `archive` if there is a `problem`."
     if problem: raise UnsafeArchiveError(f'{archive}: refusing to extract member {member!r} ({problem})')
 
-def _safe_extract(archive, dest):
-    "Extract `archive` (tar, any compression, or zip) into the empty folder `dest`, refusing unsafe members."
-    try:
-        if archive.suffix == '.zip':
-            with zipfile.ZipFile(archive) as z:
-                for name in z.namelist(): _refuse(archive, name, _path_problem(PurePosixPath(name)))
-                z.extractall(dest)
-        else:
-            with tarfile.open(archive) as t:
-                links = set()
-                for m in t.getmembers(): _refuse(archive, m.name, _tar_member_problem(m, links))
-                while t.fileobj.read(1 << 20): pass  # tarfile stops quietly at a cut; reading on to the end raises
-                t.extractall(dest, **_TAR_FILTER)
+def _check_size(archive, n_files, n_bytes, max_files, max_bytes):
+    "Refuse `archive` if `n_files` members or `n_bytes` unpacked bytes are over the limits."
+    if n_files > max_files: raise ArchiveError(f'{archive}: more than max_files={max_files:,} members; pass a larger max_files= if you trust it')
+    if n_bytes > max_bytes: raise ArchiveError(f'{archive}: unpacks to more than max_bytes={max_bytes:,} bytes; pass a larger max_bytes= if you trust it')
+
+class _CappedReads:
+    "A file wrapper refusing any single read of more than `_MAX_HEADER` bytes."
+    def __init__(self, f, archive): self.f, self.archive = f, archive
+    def __getattr__(self, name): return getattr(self.f, name)
+    def read(self, n):
+        if n > _MAX_HEADER: raise ArchiveError(f'{self.archive}: refusing a {n:,}-byte member header (the limit is {_MAX_HEADER:,})')
+        return self.f.read(n)
+
+@contextmanager
+def _open_tar(archive):
+    "Yield tar `archive` opened for reading through `_CappedReads`, and its decompressed stream."
+    with open(archive, 'rb') as f: magic = f.read(6)
+    decompressed = next((o for m, o in _COMPRESSIONS.items() if magic.startswith(m)), open)
+    with decompressed(archive, 'rb') as raw, tarfile.open(fileobj=_CappedReads(raw, archive), mode='r:') as t: yield t, raw
+
+def _extract_tar(archive, dest, max_files, max_bytes):
+    "Extract tar `archive` into `dest` once every member header has passed the safety and size checks."
+    with _open_tar(archive) as (t, raw):
+        members, links, n_bytes = [], set(), 0
+        for m in t:
+            _refuse(archive, m.name, _tar_member_problem(m, links))
+            members.append(m)
+            n_bytes += m.size if m.isreg() else 0
+            _check_size(archive, len(members), n_bytes, max_files, max_bytes)
+        while raw.read(1 << 20): pass  # tarfile stops quietly at a cut; reading on to the end makes the decompressor raise
+        t.extractall(dest, members=members, **_TAR_FILTER)
+
+def _extract_zip(archive, dest, max_files, max_bytes):
+    "Extract zip `archive` into `dest` once every entry has passed the safety and size checks."
+    with zipfile.ZipFile(archive) as z:
+        infos = z.infolist()
+        for i in infos:
+            _refuse(archive, i.filename, _path_problem(PurePosixPath(i.filename)))
+            if i.flag_bits & 0x1: raise ArchiveError(f'{archive}: member {i.filename!r} is encrypted')
+        _check_size(archive, len(infos), sum(i.file_size for i in infos), max_files, max_bytes)
+        z.extractall(dest)
+
+def _safe_extract(archive, dest, max_files, max_bytes):
+    "Extract `archive` (tar, any compression, or zip) into the empty folder `dest`, refusing unsafe or oversized ones."
+    try: (_extract_zip if archive.suffix == '.zip' else _extract_tar)(archive, dest, max_files, max_bytes)
     except _FILTER_ERRORS as e: raise UnsafeArchiveError(f'{archive}: refusing to extract ({e})') from e
-    except _CORRUPT_ERRORS as e: raise ArchiveError(f'{archive}: corrupt or truncated archive ({e!r})') from e
+    except _CORRUPT_ERRORS as e: raise ArchiveError(f'{archive}: corrupt, truncated or unreadable archive ({e!r})') from e
 
 # %% ../nbs/01_datasets.ipynb #a05b7d24
+_MARKER = '.dl2_source'
+
+def _source(folder):
+    "The URL that `untar_data` extracted `folder` from, or None if it did not make it."
+    marker = folder/_MARKER
+    return marker.read_text().rstrip('\n') if marker.is_file() else None
+
 def _replace_dir(src, dest):
     "Move folder `src` onto `dest` by renames, so `dest` is never seen half-written."
     old = _tmp_sibling(dest, '.old')
@@ -166,39 +288,87 @@ def _replace_dir(src, dest):
     os.replace(src, dest)
     shutil.rmtree(old, ignore_errors=True)
 
-def _extract_into_place(archive, dest):
-    "Extract `archive` to a temporary folder beside `dest`, then move its content (or its single folder) onto `dest`."
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _extract_into_place(archive, dest, url, max_files, max_bytes):
+    "Extract `archive` beside `dest`, label it with `url`, then move its content (or its single folder) onto `dest`."
     tmp = _tmp_sibling(dest, '.extracting')
-    tmp.mkdir()
     try:
-        _safe_extract(archive, tmp)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        _safe_extract(archive, tmp, max_files, max_bytes)
         items = list(tmp.iterdir())
-        single_dir = len(items) == 1 and items[0].is_dir() and not items[0].is_symlink()
-        _replace_dir(items[0] if single_dir else tmp, dest)
+        top = items[0] if len(items) == 1 and items[0].is_dir() and not items[0].is_symlink() else tmp
+        (top/_MARKER).unlink(missing_ok=True)  # never write through a link the archive put there
+        (top/_MARKER).write_text(url + '\n')
+        _replace_dir(top, dest)
+    except ArchiveError: raise
+    except OSError as e: raise OSError(e.errno, f'could not extract {archive} into {dest}: {e.strerror or e}') from e
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/01_datasets.ipynb #61a4a0db
 _ARCHIVE_EXTS = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar', '.zip')
 
 def _archive_name(url):
-    "The file name at the end of `url` and the folder name it extracts to."
+    "The folder name the archive at `url` extracts to by default, and the archive's extension."
     fname = PurePosixPath(urllib.parse.urlparse(url).path).name
     ext = next((e for e in _ARCHIVE_EXTS if fname.endswith(e)), None)
     if not ext: raise ValueError(f'{url}: expected an archive ending in one of {", ".join(_ARCHIVE_EXTS)}')
-    return fname, fname[:-len(ext)]
+    return fname[:-len(ext)], ext
 
-def untar_data(url, dest=None, checksum=None, force=False) -> Path:
-    "Download the archive at `url` to `data_path()/'archive'` and extract it safely to `dest` (default `data_path()/<name>`)."
-    fname, name = _archive_name(url)
-    dest = Path(dest) if dest else data_path()/name
-    if dest.exists() and not force: return dest
-    archive = data_path()/'archive'/fname
-    if force or not archive.exists(): download_url(url, archive, checksum)
-    try: _extract_into_place(archive, dest)
-    except ArchiveError:
-        archive.unlink(missing_ok=True)
-        raise
+def _archive_path(url):
+    "Where the archive at `url` is cached: its name and a hash of the whole URL, so different URLs never share a file."
+    name, ext = _archive_name(url)
+    return data_path()/'archive'/f'{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}{ext}'
+
+def _default_dest(url):
+    "`data_path()/<name>` for the archive at `url`, unless that name would land on something that is not a dataset."
+    name, _ = _archive_name(url)
+    if name in ('', '.', '..', 'archive'): raise ValueError(f'{url}: will not extract to {data_path()/name}; pass dest=')
+    return data_path()/name
+
+def _holds(dest, url, force):
+    "Whether `dest` already holds the data of `url` (never with `force`); raises if `dest` must not be used or replaced."
+    if not dest.exists(): return False
+    if not dest.is_dir(): raise NotADirectoryError(f'{dest} is a file, not a folder: move it away or pass another dest=')
+    if not any(dest.iterdir()): return False
+    source = _source(dest)
+    if source is None:
+        if force: raise FileExistsError(f'{dest} was not made by untar_data, so force=True will not delete it; remove it yourself')
+        return True
+    if source != url and not force:
+        raise FileExistsError(f'{dest} holds the data of {source}, not {url}: pass dest= to keep both, or force=True to replace it')
+    return not force
+
+@contextmanager
+def _data_lock():
+    "Hold the data folder's lock, so that processes sharing it download and extract one at a time."
+    path = data_path()/'.lock'
+    try: f = open(path, 'a')
+    except OSError as e: raise OSError(e.errno, f'cannot write to the data folder {path.parent} ({e.strerror}); set DL2_DATA to a writable folder') from e
+    with f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f'waiting for another process to finish with {path.parent} ...')
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+def _cached(archive, checksum):
+    "Whether `archive` is already downloaded and matches `checksum`, if one is given."
+    return archive.exists() and (checksum is None or _file_hexdigest(archive, checksum) == checksum.lower())
+
+@delegates(download_url)
+def untar_data(url, dest=None, checksum=None, force=False, *, max_bytes=4*_GiB, max_files=100_000, **kwargs) -> Path:
+    "Download the archive at `url` (cached per URL) and extract it safely to `dest`, by default `data_path()/<name>`."
+    dest = Path(dest) if dest else _default_dest(url)
+    if _holds(dest, url, force): return dest
+    with _data_lock():
+        if _holds(dest, url, force): return dest  # another process may have made it while we waited
+        archive = _archive_path(url)
+        for p in _leftovers(dest) + _leftovers(archive): shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if force or not _cached(archive, checksum): download_url(url, archive, checksum, max_bytes=max_bytes, **kwargs)
+        try: _extract_into_place(archive, dest, url, max_files, max_bytes)
+        except ArchiveError:
+            archive.unlink(missing_ok=True)  # so that the next call downloads it afresh
+            raise
     return dest
 
 # %% ../nbs/01_datasets.ipynb #af480fce
@@ -297,15 +467,35 @@ def find_mnist(name='fashion-mnist', download=True) -> Path:
     tried = '; '.join(problems) or f'nothing in {", ".join(map(str, folders))}'
     raise DatasetNotFoundError(f'{name} not found ({tried}). To get it, {_how_to_get(name)}.')
 
-# %% ../nbs/01_datasets.ipynb #48d95539
+# %% ../nbs/01_datasets.ipynb #af2150e4
+_CACHE_LAYOUT = [(torch.uint8, shape) for shape in MNIST_SHAPES.values()]
+
+def _load_cache(cache):
+    "The four tensors that `get_data` cached at `cache`, or None (with a warning if the file is unusable)."
+    if not cache.exists(): return None
+    try:
+        arrays = torch.load(cache, weights_only=True)
+        if isinstance(arrays, list) and [(a.dtype, tuple(a.shape)) if torch.is_tensor(a) else None for a in arrays] == _CACHE_LAYOUT:
+            return arrays
+        problem = 'not the four uint8 tensors get_data writes'
+    except Exception as e: problem = f'{type(e).__name__}: {e}'.splitlines()[0]  # whatever the failure, the cure is a rebuild
+    warnings.warn(f'{cache}: unusable cache ({problem}); rebuilding it')
+
+def _save_cache(arrays, cache):
+    "Cache `arrays` at `cache`, or warn and carry on where the data folder can't take it."
+    try:
+        with atomic_write(cache) as tmp, open(tmp, 'xb') as f: torch.save(arrays, f)
+    except (OSError, RuntimeError) as e:  # torch.save can report a failed write as a RuntimeError
+        warnings.warn(f'could not cache the decoded data at {cache} ({e}); it will be decoded again next time')
+
 def get_data(name='fashion-mnist'):
     "`(x_train, y_train, x_valid, y_valid)` of `name`: float images (N,784) in [0,1], int64 labels; valid is the test set."
     _mnist_source(name)
     cache = data_path()/f'{name}.pt'
-    if not cache.exists():
+    if (arrays := _load_cache(cache)) is None:
         folder = find_mnist(name)
         arrays = [torch.from_numpy(read_idx(folder/f)) for f in MNIST_FILES]
-        with atomic_write(cache) as tmp: torch.save(arrays, tmp)
-    x_train, y_train, x_valid, y_valid = torch.load(cache)
+        _save_cache(arrays, cache)
+    x_train, y_train, x_valid, y_valid = arrays
     to_float = lambda x: x.flatten(1).float().div_(255)  # in place: one 188MB allocation, not two
     return to_float(x_train), y_train.long(), to_float(x_valid), y_valid.long()
