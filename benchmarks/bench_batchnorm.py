@@ -1,7 +1,8 @@
 """Forward+backward time of `RunningBatchNorm` in training mode, as a ratio to `nn.BatchNorm2d` measured in the same run.
 
 The two lesson versions (teaching code in nbs/07_batchnorm.ipynb, read from there) are timed beside it, and so is
-dl2's own PyTorch path (`kernel=False`, what runs where the C++ kernel does not: GPUs, half precision, autocast).
+dl2's PyTorch route (`kernel='torch'`, what runs where no kernel does: no compiler, no Triton, other dtypes) and
+dl2's lesson code (`kernel=False`).
 Modules are run interleaved, in a rotating order, and the median of the repeats is reported.
 
     python benchmarks/bench_batchnorm.py                 # CPU (dl2's C++ kernel), goal: at most 1.2x BatchNorm2d
@@ -12,7 +13,8 @@ import argparse, json, statistics, time
 from pathlib import Path
 import torch
 from torch import nn
-from dl2.batchnorm import RunningBatchNorm, running_bn_kernel
+from dl2.batchnorm import RunningBatchNorm
+from dl2.batchnorm_kernels import running_bn_kernel
 
 SHAPES = [(64, 32, 28, 28), (8, 128, 32, 32), (2, 64, 56, 56)]
 GOALS = {'cpu': 1.2, 'cuda': 1.5}
@@ -47,7 +49,7 @@ def bench_shape(shape, device, reps, clock=time.perf_counter, warmup=3):
     rbn10, rbn11 = lesson_classes()
     nf = shape[1]
     mods = {'BatchNorm2d': nn.BatchNorm2d(nf), 'RunningBatchNorm': RunningBatchNorm(nf),
-            'PyTorch path': RunningBatchNorm(nf, kernel=False), 'lesson 11': rbn11(nf), 'lesson 10': rbn10(nf)}
+            'PyTorch route': RunningBatchNorm(nf, kernel='torch'), 'dl2 lesson code': RunningBatchNorm(nf, kernel=False), 'lesson 11': rbn11(nf), 'lesson 10': rbn10(nf)}
     mods = {k: m.to(device).train() for k, m in mods.items()}
     x = torch.randn(shape, device=device).requires_grad_()
     g = torch.randn(shape, device=device)
@@ -77,15 +79,15 @@ def main():
     if device.type == 'cpu':   # a one-off cost, kept out of the timings: compile (first run) or load from the cache
         start = time.perf_counter()
         built = running_bn_kernel() is not None
-        print(f"RunningBatchNorm's C++ kernel: {'ready' if built else 'NOT AVAILABLE (the PyTorch path is timed)'} "
+        print(f"RunningBatchNorm's C++ kernel: {'ready' if built else 'NOT AVAILABLE (the PyTorch route is timed)'} "
               f"in {time.perf_counter() - start:.1f} s")
-    print(f"{'shape':>18} {'BatchNorm2d ms':>15} {'RunningBatchNorm':>17} {'PyTorch path':>13} {'lesson 11':>10} {'lesson 10':>10}  goal")
+    print(f"{'shape':>18} {'BatchNorm2d ms':>15} {'RunningBatchNorm':>17} {'PyTorch route':>14} {'dl2 lesson':>11} {'lesson 11':>10} {'lesson 10':>10}  goal")
     for shape in SHAPES:
         med = bench_shape(shape, device, args.reps, clock)
         base = med['BatchNorm2d']
         ratios = {k: v / base for k, v in med.items()}
         ok = '' if goal is None else ('ok' if ratios['RunningBatchNorm'] <= goal else f'MISSED (>{goal}x)')
-        print(f"{str(shape):>18} {base*1e3:15.2f} {ratios['RunningBatchNorm']:16.2f}x {ratios['PyTorch path']:12.2f}x {ratios['lesson 11']:9.2f}x "
+        print(f"{str(shape):>18} {base*1e3:15.2f} {ratios['RunningBatchNorm']:16.2f}x {ratios['PyTorch route']:13.2f}x {ratios['dl2 lesson code']:10.2f}x {ratios['lesson 11']:9.2f}x "
               f"{ratios['lesson 10']:9.2f}x  {ok}")
 
 if __name__ == '__main__': main()

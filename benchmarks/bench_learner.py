@@ -12,13 +12,13 @@ from pathlib import Path
 from functools import partial
 import torch
 import torch.nn.functional as F
-from dl2.callbacks import Learner, AvgStatsCallback
-from dl2.training import accuracy, DataBunch
-from dl2.schedules import Recorder, ParamScheduler
-from dl2.layers import DeviceCallback, init_cnn
-from dl2.learner import CheckpointCallback
+from dl2.learner import Learner, AvgStatsCallback
+from dl2.data import accuracy, DataBunch, TensorDataLoader
+from dl2.schedules import Recorder, ParamScheduler, one_cycle
+from dl2.cnn import DeviceCallback, init_cnn
+from dl2.checkpoint import CheckpointCallback
 from dl2.progress import ProgressCallback
-from dl2.train import load_data, make_model, opt_func_for, one_cycle, TensorDataLoader, flip_shift
+from dl2.train import get_parser, load_data, make_model, opt_func_for
 
 def truncated(dl, n):
     "The first `n` batches' worth of rows of the `TensorDataLoader` `dl`, shuffled the same way each time."
@@ -59,7 +59,7 @@ def main():
     args = p.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    full = load_data('fashion-mnist', args.bs, augment=partial(flip_shift, flip=True, pad=1))   # dl2_train's default for Fashion-MNIST
+    full = load_data(get_parser().parse_args(['--bs', str(args.bs)]), 'cpu')   # dl2_train's data, augmentation included
     data = DataBunch(truncated(full.train_dl, args.batches), truncated(full.valid_dl, 4), full.c_in, full.c_out)
     model0 = make_model(data, [32, 64, 128, 256], 'rbn')
     init_cnn(model0)

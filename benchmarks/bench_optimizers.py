@@ -6,36 +6,23 @@ On the CPU, `lamb` runs dl2's C++ kernel; the time to compile it (first run) or 
 On a busy shared CPU, `--threads 1 --clock cpu` (CPU time of this process) is far less noisy than wall time.
 Every implementation steps its own copy of the model with the same fixed gradients; implementations are
 interleaved (rotating order, one step each per round) and the table shows median times and their ratios to
-`AdamW(fused=True)` and `AdamW(foreach=True)` measured in the same run.
+`AdamW(fused=True)` and `AdamW(foreach=True)` measured in the same run. 'lesson Adam' is `adam_opt` with its fused
+route turned off (`opt.fused = False`): the lesson's per-parameter loop of notebook 09.
 """
 import argparse, copy, statistics, time
 from types import SimpleNamespace
 import torch
 from torch import nn
 import torchvision
-from dl2.layers import get_cnn_model, conv_layer
-from dl2.optimizers import adam_opt, lamb, lamb_kernel, debias
+from dl2.cnn import get_cnn_model, conv_layer
+from dl2.optimizers import adam_opt, lamb
+from dl2.fused_optimizers import lamb_kernel
 
 
-class LessonAdam():
-    "The 2019 lesson's shape: per-parameter state and steps in a Python loop (AdamW arithmetic)."
-    def __init__(self, params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.):
-        self.params, self.state = list(params), {}
-        self.hyper = dict(lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
-    @torch.no_grad()
-    def step(self):
-        h = self.hyper
-        for p in self.params:
-            if p.grad is None: continue
-            s = self.state.setdefault(p, dict(grad_avg=torch.zeros_like(p), sqr_avg=torch.zeros_like(p), step=0))
-            s['grad_avg'].mul_(h['mom']).add_(p.grad, alpha=1 - h['mom'])
-            s['sqr_avg'].mul_(h['sqr_mom']).addcmul_(p.grad, p.grad, value=1 - h['sqr_mom'])
-            s['step'] += 1
-            p.mul_(1 - h['lr'] * h['wd'])
-            denom = (s['sqr_avg'] / debias(h['sqr_mom'], 1 - h['sqr_mom'], s['step'])).sqrt() + h['eps']
-            p.addcdiv_(s['grad_avg'], denom, value=-h['lr'] / debias(h['mom'], 1 - h['mom'], s['step']))
-    def zero_grad(self):
-        for p in self.params: p.grad = None
+def unfused(opt):
+    "`opt` running the lesson's per-parameter loop instead of its fused route."
+    opt.fused = False
+    return opt
 
 
 def conv_bn_stack(n=50, c=16):
@@ -50,9 +37,9 @@ MODELS = {
 OPTS = {
     'AdamW(fused)': lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, fused=True),
     'AdamW(foreach)': lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, foreach=True),
-    'lesson Adam': lambda ps: LessonAdam(ps, lr=1e-3, wd=1e-2),
+    'lesson Adam': lambda ps: unfused(adam_opt(wd=1e-2)(ps, lr=1e-3)),
     'adam_opt': lambda ps: adam_opt(wd=1e-2)(ps, lr=1e-3),
-    'lamb': lambda ps: lamb(wd=1e-2)(ps, lr=1e-3),
+    'lamb': lambda ps: lamb(ps, lr=1e-3, wd=1e-2),
 }
 
 

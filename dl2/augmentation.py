@@ -5,10 +5,11 @@ __all__ = ['BATCH_AUGMENTS', 'PilTransform', 'PilRandomFlip', 'PilRandomDihedral
            'GeneralCrop', 'CenterCrop', 'RandomResizedCrop', 'find_coeffs', 'warp', 'uniform', 'tilt_corners',
            'PilTiltRandomCrop', 'np_to_float', 'rotate_mats', 'zoom_mats', 'flip_mats', 'translate_mats',
            'affine_batch', 'RandomAffine', 'tilt_mats', 'homography_grid', 'warp_batch', 'RandomWarp', 'pil_coeffs',
-           'AugmentCallback', 'batch_augment']
+           'AugmentCallback', 'flip_shift', 'FlipShift', 'batch_augment', 'tta_accuracy']
 
-# %% ../nbs/10_augmentation.ipynb #5f213014
+# %% ../nbs/10_augmentation.ipynb #2d2518f2
 import math, random
+from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -206,13 +207,14 @@ def affine_batch(x, mats, mode='bilinear', padding_mode='reflection'):
     grid = F.affine_grid(mats[:, :2].to(x.device, torch.float32), x.shape, align_corners=False)
     return _grid_sample(x, grid, mode, padding_mode)
 
-# %% ../nbs/10_augmentation.ipynb #540e139f
+# %% ../nbs/10_augmentation.ipynb #c20ac66c
 def _rand(n, generator, lo=0., hi=1.):
     "`n` floats uniform in [lo, hi), from `generator` (on its device) or torch's default CPU generator."
     return torch.rand(n, generator=generator, device='cpu' if generator is None else generator.device) * (hi - lo) + lo
 
 class RandomAffine():
     "Random flips, rotations (± `degrees`), zooms (up to `max_zoom`) and shifts (± `translate` of the size) of a float batch (N, C, H, W), resampled once."
+    _order = 20   # in a loader's batch transforms, after the uint8 images became floats (order 10)
     def __init__(self, degrees=10., max_zoom=1.1, p_flip=0.5, translate=0.1, mode='bilinear', padding_mode='reflection', generator=None):
         self.degrees, self.max_zoom, self.p_flip, self.translate = degrees, max_zoom, p_flip, translate
         self.mode, self.padding_mode, self.generator = mode, padding_mode, generator
@@ -275,12 +277,46 @@ class AugmentCallback(BatchTransformXCallback):
     def begin_batch(self):
         if self.in_train: super().begin_batch()
 
-# %% ../nbs/10_augmentation.ipynb #18ee4322
-BATCH_AUGMENTS = {'none': None, 'affine': RandomAffine, 'warp': RandomWarp}
+# %% ../nbs/10_augmentation.ipynb #04040c78
+def flip_shift(x, flip=True, pad=2):
+    "Each image of the batch `x` (N,C,H,W) shifted by up to `pad` pixels each way and, if `flip`, maybe mirrored."
+    n, c, h, w = x.shape
+    if flip:
+        mirrored = torch.rand(n, 1, 1, 1, device=x.device) < 0.5
+        x = torch.where(mirrored, x.flip(3), x)
+    if not pad: return x
+    xp = F.pad(x, (pad,) * 4)
+    dy, dx = torch.randint(0, 2*pad + 1, (2, n, 1), device=x.device)
+    rows, cols = dy + torch.arange(h, device=x.device), dx + torch.arange(w, device=x.device)
+    out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]   # (N,H,W,C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+class FlipShift():
+    "`flip_shift` as a batch transform for uint8 images, run before they are normalised."
+    _order = 5
+    def __init__(self, flip=True, pad=1): self.flip, self.pad = flip, pad
+    def __repr__(self): return f'FlipShift(flip={self.flip}, pad={self.pad})'
+    def __call__(self, x): return flip_shift(x, self.flip, self.pad)
+
+# %% ../nbs/10_augmentation.ipynb #80042e26
+BATCH_AUGMENTS = {'none': None, 'flip': partial(FlipShift, flip=True, pad=0), 'shift': partial(FlipShift, flip=False, pad=2),
+                  'flip-shift': partial(FlipShift, flip=True, pad=2), 'affine': RandomAffine, 'warp': RandomWarp}
 
 def batch_augment(name, generator=None):
-    "The batch augmentation `name` of `BATCH_AUGMENTS` with its defaults, drawing from `generator`: 'affine', 'warp', or None for 'none' or None."
+    "The batch augmentation `name` of `BATCH_AUGMENTS` with its defaults ('affine' and 'warp' drawing from `generator`), or None."
     if name is None: return None
     if name not in BATCH_AUGMENTS: raise ValueError(f'unknown batch augmentation {name!r}: choose from {", ".join(BATCH_AUGMENTS)}')
-    cls = BATCH_AUGMENTS[name]
-    return cls and cls(generator=generator)
+    make = BATCH_AUGMENTS[name]
+    if make is None: return None
+    return make(generator=generator) if isinstance(make, type) else make()
+
+# %% ../nbs/10_augmentation.ipynb #8ea02d8f
+def tta_accuracy(model, dl):
+    "Accuracy of `model` on `dl` when each prediction averages the image's and its mirror image's probabilities."
+    model.eval()
+    correct = n = 0
+    with torch.no_grad():
+        for xb, yb in dl:
+            probs = model(xb).softmax(1) + model(xb.flip(3)).softmax(1)
+            correct += (probs.argmax(1) == yb).sum(); n += len(yb)
+    return (correct / max(n, 1)).item()

@@ -1,10 +1,11 @@
-"Property and device tests of `dl2.batchnorm.RunningBatchNorm` beyond the notebook's."
+"Property and device tests of `RunningBatchNorm` (lesson code and fast routes) beyond the notebooks'."
 import copy, importlib.util
 from pathlib import Path
 import pytest, torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
-from dl2.batchnorm import RunningBatchNorm, _RunningBNFunction, running_bn_kernel
+from dl2.batchnorm import RunningBatchNorm
+from dl2.batchnorm_kernels import _RunningBNFunction, running_bn_kernel
 
 _spec = importlib.util.spec_from_file_location('bench_batchnorm', Path(__file__).parent.parent/'benchmarks'/'bench_batchnorm.py')
 _bench = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_bench)
@@ -27,11 +28,11 @@ def _step(m, x, g):
 
 @settings(max_examples=15, deadline=None)
 @given(bss=st.lists(st.integers(2, 9), min_size=1, max_size=20), hw=st.sampled_from([1, 2, 5]),
-       mom=st.floats(0.01, 0.5), scale=st.floats(0.05, 5.), seed=st.integers(0, 1000))
-def test_matches_lesson_11(bss, hw, mom, scale, seed):
-    "Any batch-size sequence, spatial size and momentum: same outputs, gradients and statistics as lesson 11 (float64)."
+       mom=st.floats(0.01, 0.5), scale=st.floats(0.05, 5.), seed=st.integers(0, 1000), kernel=st.sampled_from([False, 'torch']))
+def test_matches_lesson_11(bss, hw, mom, scale, seed, kernel):
+    "Any batch-size sequence, spatial size and momentum: dl2's lesson code and its PyTorch route match lesson 11 (float64)."
     torch.manual_seed(seed)
-    ours, ref = RunningBatchNorm(3, mom=mom).double(), LessonRunningBatchNorm11(3, mom=mom).double()
+    ours, ref = RunningBatchNorm(3, mom=mom, kernel=kernel).double(), LessonRunningBatchNorm11(3, mom=mom).double()
     with torch.no_grad(): ours.mults.uniform_(0.5, 2); ours.adds.normal_(); ref.mults.copy_(ours.mults.view(3, 1, 1)); ref.adds.copy_(ours.adds.view(3, 1, 1))
     for bs in bss:
         x, g = torch.randn(bs, 3, hw, hw, dtype=torch.float64) * scale + 1, torch.randn(bs, 3, hw, hw, dtype=torch.float64)
@@ -94,7 +95,7 @@ def test_kernel_matches_lesson_11(bss, hw, nd, channels_last, mom, scale, seed):
 
 def test_kernel_build_failure_falls_back(no_compiler):
     "No compiler: one warning naming the cause, then the PyTorch path gives the same training step."
-    with pytest.warns(UserWarning, match="could not build the C[+][+] kernel 'dl2_running_bn'.*c[+][+] not found"):
+    with pytest.warns(UserWarning, match="could not build the C[+][+] kernel 'running_bn'.*c[+][+] not found"):
         assert running_bn_kernel() is None
     torch.manual_seed(0)
     x, g = torch.randn(4, 8, 6, 6), torch.randn(4, 8, 6, 6)

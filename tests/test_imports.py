@@ -1,12 +1,33 @@
 "Every module of dl2 imports on its own, and `dl2.imports` gives lesson code the names it relies on."
-import importlib, pkgutil, subprocess, sys
+import importlib, pkgutil, re, subprocess, sys
+from pathlib import Path
 import pytest
 import dl2
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(dl2.__path__) if not m.name.startswith('_'))
 
+LESSON = {'core', 'imports', 'datasets', 'data', 'learner', 'schedules', 'lr_find', 'cnn', 'hooks', 'batchnorm', 'lsuv',
+          'data_block', 'optimizers', 'checkpoint', 'progress', 'augmentation', 'train'}
+SPEED = {'kernels', 'batchnorm_kernels', 'fused_optimizers'}
+
 def test_found_modules():
-    assert {'core', 'imports', 'datasets', 'training', 'callbacks', 'schedules', 'layers', 'hooks'} <= set(MODULES)
+    assert LESSON | SPEED <= set(MODULES), sorted(LESSON | SPEED - set(MODULES))
+
+def _dl2_imports(name):
+    "`(module, names)` for each `from dl2.X import ...` / `from .X import ...` line of `dl2/<name>.py`."
+    src = (Path(dl2.__file__).parent/f'{name}.py').read_text()
+    return [(m, [n.strip() for n in names.split(',')]) for m, names in re.findall(r'^from (?:dl2|)\.?(\w+) import (.+)$', src, re.M)]
+
+@pytest.mark.parametrize('name', MODULES)
+def test_no_private_names_across_modules(name):
+    private = [(m, n) for m, names in _dl2_imports(name) for n in names if n.startswith('_') and m != name]
+    assert not private, f'dl2.{name} imports private names {private}'
+
+@pytest.mark.parametrize('name', sorted(LESSON - {'train', 'imports'}))
+def test_lesson_modules_reach_the_speed_wing_through_one_name(name):
+    "A lesson module hands its hot loop to the speed wing in one named call, and imports nothing else from it."
+    speed = [(m, names) for m, names in _dl2_imports(name) if m in SPEED]
+    assert all(len(names) == 1 and names != ['*'] for _, names in speed), speed
 
 @pytest.mark.parametrize('name', MODULES)
 def test_module_imports_alone(name):

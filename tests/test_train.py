@@ -1,19 +1,35 @@
-"End-to-end tests of the `dl2_train` command (`python -m dl2.train`) on a small subset of Fashion-MNIST."
+"End-to-end tests of the `dl2_train` command (`python -m dl2.train`): outputs, resuming, interruptions and hostile input."
 import csv, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
 from dl2.train import main
+from dl2.checkpoint import load_checkpoint
 
 SMALL = ['--subset', '500', '--nfs', '8,16,32', '--bs', '64']
 
-def run(*args, timeout=120):
+def run(*args, timeout=180, **kwargs):
     "Run the command with `args`; its output decoded as is (text mode would turn every \\r into \\n)."
-    r = subprocess.run([sys.executable, '-m', 'dl2.train', *args], capture_output=True, timeout=timeout)
+    r = subprocess.run([sys.executable, '-m', 'dl2.train', *args], capture_output=True, timeout=timeout, **kwargs)
     r.stdout, r.stderr = r.stdout.decode(), r.stderr.decode()
     return r
 
+def start(*args):
+    "The command with `args` started in the background, its output piped."
+    return subprocess.Popen([sys.executable, '-m', 'dl2.train', *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
 def epochs_in(out): return [int(r['epoch']) for r in csv.DictReader(open(out/'metrics.csv'))]
+
+def wait_for_epoch(out, n, timeout=120):
+    "Wait until the checkpoint in `out` holds at least `n` finished epochs."
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if load_checkpoint(out/'checkpoint.pth')['epoch'] >= n: return
+        except (OSError, ValueError): pass
+        time.sleep(0.05)
+    raise TimeoutError(f'no checkpoint of epoch {n} in {out}')
+def metrics(out): return [{k: v for k, v in r.items() if k != 'time'} for r in csv.DictReader(open(out/'metrics.csv'))]
 
 def test_run_writes_outputs_and_resumes(tmp_path):
     out = tmp_path/'run'
@@ -26,33 +42,129 @@ def test_run_writes_outputs_and_resumes(tmp_path):
     assert 'final validation accuracy' in r.stdout
     assert '\r' not in r.stdout and '\x1b' not in r.stdout   # plain lines when stdout is a pipe
 
-    r = run(*SMALL, '--epochs', '2', '--out', str(out), '--resume')
+    r = run('--epochs', '2', '--out', str(out), '--resume')   # the run's own settings come from its checkpoint
     assert r.returncode == 0, r.stderr
-    assert 'after epoch 1' in r.stdout
+    assert 'after epoch 1' in r.stdout and 'stretched' in r.stdout
     assert epochs_in(out) == [0, 1]
-    assert torch.load(out/'checkpoint.pth', weights_only=False)['epoch'] == 2
+    assert load_checkpoint(out/'checkpoint.pth')['epoch'] == 2
 
-def test_sigint_saves_checkpoint(tmp_path):
-    out = tmp_path/'run'
-    p = subprocess.Popen([sys.executable, '-m', 'dl2.train', *SMALL, '--epochs', '200', '--out', str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    "Ctrl-C after an epoch, then --resume: the same metrics, epoch for epoch, as a run never interrupted."
+    full, cut = tmp_path/'full', tmp_path/'cut'
+    assert run(*SMALL, '--epochs', '3', '--out', str(full)).returncode == 0
+    p = start(*SMALL, '--epochs', '3', '--out', str(cut))
     try:
-        # the metrics header is printed at begin_fit: training has started once it and one epoch row are out
-        for _ in range(2): assert p.stdout.readline(), p.stderr.read()
+        wait_for_epoch(cut, 1)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None: p.kill()
-    assert p.returncode == 130, err
-    assert 'Traceback' not in err and 'checkpoint saved' in err
-    ckpt = torch.load(out/'checkpoint.pth', weights_only=False)
-    assert 1 <= ckpt['epoch'] < 200
-    assert epochs_in(out) == list(range(ckpt['epoch']))
+    assert p.returncode == 130 and 'Traceback' not in err and 'continue with --resume' in err, err
+    assert 1 <= load_checkpoint(cut/'checkpoint.pth')['epoch'] < 3
+    r = run('--out', str(cut), '--resume')
+    assert r.returncode == 0, r.stderr
+    assert metrics(cut) == metrics(full)
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_leaves_a_resumable_checkpoint(tmp_path, sig):
+    out = tmp_path/'run'
+    p = start(*SMALL, '--epochs', '200', '--out', str(out))
+    try:
+        wait_for_epoch(out, 1)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    assert p.returncode == 130 and 'Traceback' not in err, err
+    ckpt = load_checkpoint(out/'checkpoint.pth')
+    assert 1 <= ckpt['epoch'] < 200 and ckpt['extra']['lr'] > 0 and ckpt['extra']['args']['nfs'] == [8, 16, 32]
+    assert epochs_in(out)[:ckpt['epoch']] == list(range(ckpt['epoch']))
+    r = run('--out', str(out), '--resume', '--epochs', str(ckpt['epoch'] + 1))
+    assert r.returncode == 0 and f"after epoch {ckpt['epoch']}" in r.stdout, r.stderr
+
+def test_signal_before_the_first_epoch_ends_resumes(tmp_path):
+    "Interrupted during epoch 0: the checkpoint written at the start (epoch 0) resumes."
+    out = tmp_path/'run'
+    p = start('--subset', '5000', '--nfs', '8,16,32', '--bs', '16', '--epochs', '1', '--out', str(out))
+    try:
+        assert p.stdout.readline(), p.stderr.read()   # the header: training has started
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    assert p.returncode == 130 and 'holds 0 finished epoch' in err, err
+    assert load_checkpoint(out/'checkpoint.pth')['epoch'] == 0
+
+def test_closed_output_pipe(tmp_path):
+    "`dl2_train | head -1`: no traceback, a resumable checkpoint, exit code 141."
+    out = tmp_path/'run'
+    p = start(*SMALL, '--epochs', '50', '--out', str(out))
+    try:
+        assert p.stdout.readline()
+        p.stdout.close()
+        err = p.stderr.read(); p.wait(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    assert p.returncode == 141 and 'Traceback' not in err and 'output was closed' in err, err
+    assert load_checkpoint(out/'checkpoint.pth')['epoch'] >= 0
+
+def test_out_folder_is_protected(tmp_path):
+    out = tmp_path/'run'
+    assert run(*SMALL, '--epochs', '1', '--out', str(out)).returncode == 0
+    before = (out/'checkpoint.pth').read_bytes()
+    r = run(*SMALL, '--epochs', '1', '--out', str(out))
+    assert r.returncode == 2 and 'holds another run' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (out/'checkpoint.pth').read_bytes() == before
+    (out/'mine.txt').write_text('keep')
+    r = run(*SMALL, '--epochs', '1', '--seed', '1', '--out', str(out), '--overwrite')
+    assert r.returncode == 0 and (out/'mine.txt').read_text() == 'keep'
+    assert load_checkpoint(out/'checkpoint.pth')['extra']['args']['seed'] == 1
+
+def test_two_runs_in_one_folder(tmp_path):
+    out = tmp_path/'run'
+    p = start(*SMALL, '--epochs', '50', '--out', str(out))
+    try:
+        assert p.stdout.readline()
+        r = run(*SMALL, '--epochs', '1', '--out', str(out), '--overwrite')
+        assert r.returncode == 2 and 'in use by another dl2_train' in r.stderr, r.stderr
+    finally: p.kill(); p.wait()
+
+def test_resume_refuses_other_settings(tmp_path):
+    out = tmp_path/'run'
+    assert run(*SMALL, '--epochs', '1', '--out', str(out)).returncode == 0
+    for args, msg in [(['--opt', 'sgd'], '--opt sgd differs'), (['--lr', '0.5'], '--lr 0.5 differs'), (['--nfs', '8,16'], '--nfs [8, 16] differs')]:
+        r = run('--out', str(out), '--resume', *args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+@pytest.mark.parametrize('content, msg', [(b'', 'is not a dl2 checkpoint'), (b'garbage', 'is not a dl2 checkpoint'),
+                                          ('torch', 'no \'dl2-checkpoint-1\' marker'), ('pickle', 'cannot be read safely')])
+def test_bad_checkpoint_is_one_line(tmp_path, content, msg):
+    out = tmp_path/'run'; out.mkdir()
+    ckpt = out/'checkpoint.pth'
+    if content == 'torch': torch.save({'model': {}}, ckpt)
+    elif content == 'pickle': torch.save({'x': Path('.')}, ckpt)   # any class: refused by weights_only
+    else: ckpt.write_bytes(content)
+    r = run('--out', str(out), '--resume')
+    assert r.returncode == 2 and msg in r.stderr and str(ckpt) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+def test_unwritable_out(tmp_path):
+    (tmp_path/'file').write_text('x')
+    r = run(*SMALL, '--out', str(tmp_path/'file'))
+    assert r.returncode == 2 and 'is a file' in r.stderr
+    ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK): pytest.skip('running as root with permission override: a read-only folder is writable')
+        r = run(*SMALL, '--out', str(ro/'run'))
+        assert r.returncode == 2 and 'not writable' in r.stderr and 'Traceback' not in r.stderr
+    finally: ro.chmod(0o700)
 
 @pytest.mark.parametrize('args, msg', [
     (['--opt', 'adagrad'], "invalid choice: 'adagrad'"),
-    (['--epochs', '0'], 'must be > 0'),
+    (['--epochs', '0'], 'must be from 1'),
     (['--lr', 'fast'], "neither a number nor 'find'"),
+    (['--lr', 'inf'], 'finite'),
+    (['--label-smoothing', '1'], 'below 1'),
+    (['--nfs', '8,99999'], 'from 1 to 4096'),
     (['--dataset', '/no/such/folder'], '/no/such/folder'),
     (['--resume'], 'no checkpoint at'),
 ])
@@ -64,6 +176,22 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, msg):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('dl2_train: error:') and msg in lines[0], err
+
+def test_full_disk_while_saving(tmp_path, monkeypatch, capsys):
+    "A write that fails (a full disk) is a one-line error naming the file, exit code 1, and the last good checkpoint survives."
+    import dl2.checkpoint as ck
+    out = tmp_path/'run'
+    real_save, calls = torch.save, []
+    def save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) > 1: raise RuntimeError('[enforce fail at inline_container.cc] basic_ios::clear: iostream error')
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(ck.torch, 'save', save)
+    code = main(SMALL + ['--epochs', '2', '--out', str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and 'checkpoint.pth' in err and 'disk full' in err, err
+    assert load_checkpoint(out/'checkpoint.pth')['epoch'] == 0
+    assert not list(out.glob('.*.part'))
 
 def test_bad_option_from_the_command_line(tmp_path):
     r = run('--norm', 'groupnorm', '--out', str(tmp_path/'run'))
