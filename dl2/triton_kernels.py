@@ -199,7 +199,7 @@ class _RunningBNTriton(torch.autograd.Function):
     "`_RunningBNFunction`'s step in Triton kernels: returns the output, updates `means` and `vars` in place."
     @staticmethod
     def forward(ctx, x, mults, adds, means, vars, eps, w2, min_var):
-        (N, C, L), (sN, sC, sL) = _as_3d(x)
+        (N, C, L), (_, sC, _) = _as_3d(x)
         part = _channel_sums(x, None, None, forward=True)
         saved = torch.empty(7, C, device=x.device, dtype=torch.float32)
         _forward_stats_kernel[(triton.cdiv(C, _BC),)](part, x, sC, mults, adds, means, vars, eps, saved,
