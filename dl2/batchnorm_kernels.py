@@ -3,11 +3,11 @@
 # %% auto #0
 __all__ = ['running_bn_kernel', 'running_bn_route', 'running_bn_step']
 
-# %% ../nbs/07c_batchnorm_kernels.ipynb #b81aefcc
+# %% ../nbs/07c_batchnorm_kernels.ipynb #12da46d5
 import functools, math
 import torch
 import torch.nn.functional as F
-from .kernels import load_cpp, plain_layout, triton_available
+from .kernels import load_cpp, load_triton, plain_layout, triton_available
 
 # %% ../nbs/07c_batchnorm_kernels.ipynb #fdd53453
 def _per_channel(v, x):
@@ -79,7 +79,7 @@ def _cpp_fits(x, means, mults):
     return (x.device.type == 'cpu' and x.dtype == means.dtype == mults.dtype == torch.float32 and x.numel() > 0
             and not torch.is_autocast_enabled('cpu') and plain_layout(x))
 
-# %% ../nbs/07c_batchnorm_kernels.ipynb #a729c4ce
+# %% ../nbs/07c_batchnorm_kernels.ipynb #373af03f
 def _torch_step(x, mults, adds, means, vars, eps, w2, min_var):
     "The training step in PyTorch operations with the hand-written backward; updates `means` and `vars`."
     y, new_means, new_vars = _RunningBNFunction.apply(x, mults, adds, means, vars, eps, w2, min_var)
@@ -90,13 +90,22 @@ def _cpp_step(x, mults, adds, means, vars, eps, w2, min_var):
     "The training step by the C++ kernel."
     return running_bn_kernel().running_bn(x, mults, adds, means, vars, eps, w2, min_var)
 
-_ROUTES = {'cpp': _cpp_step, 'torch': _torch_step}
+def _triton_step(x, mults, adds, means, vars, eps, w2, min_var):
+    "The training step by dl2's Triton kernels (`07d_triton_kernels`), loaded on first use."
+    return load_triton().running_bn_triton(x, mults, adds, means, vars, eps, w2, min_var)
 
-# %% ../nbs/07c_batchnorm_kernels.ipynb #cd7f36e1
+def _triton_fits(x, means, mults):
+    "Whether the Triton kernels take input `x`: a float CUDA tensor in a plain layout, with float32 statistics."
+    return (x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.numel() > 0
+            and means.dtype == mults.dtype == torch.float32 and plain_layout(x))
+
+_ROUTES = {'cpp': _cpp_step, 'triton': _triton_step, 'torch': _torch_step}
+
+# %% ../nbs/07c_batchnorm_kernels.ipynb #00dcaa13
 def running_bn_route(x, means, mults):
     "The name of the fastest route that takes input `x`: 'cpp', 'triton' or 'torch'."
     if _cpp_fits(x, means, mults) and running_bn_kernel() is not None: return 'cpp'
-    if x.is_cuda and 'triton' in _ROUTES and triton_available(): return 'triton'
+    if _triton_fits(x, means, mults) and triton_available(): return 'triton'
     return 'torch'
 
 def running_bn_step(x, mults, adds, means, vars, eps, w2, min_var, route=None):

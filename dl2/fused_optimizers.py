@@ -3,10 +3,10 @@
 # %% auto #0
 __all__ = ['known_update', 'fused_step', 'lamb_kernel', 'lamb_route']
 
-# %% ../nbs/09a_fused_optimizers.ipynb #3789ce07
+# %% ../nbs/09a_fused_optimizers.ipynb #fb0cdf7a
 import functools
 import torch
-from .kernels import load_cpp, plain_layout
+from .kernels import load_cpp, load_triton, plain_layout, triton_available
 
 # %% ../nbs/09a_fused_optimizers.ipynb #7855dfd2
 def _stepper_name(f): return f'{getattr(f, "__module__", "")}.{getattr(f, "__qualname__", repr(f))}'
@@ -96,7 +96,7 @@ def _adamw(opt, ps, lr, mom, sqr_mom, eps, wd=0., **kwargs):
     for s in states: s['mom_damp'], s['sqr_damp'] = 1 - mom, 1 - sqr_mom
     _fused_adamw_(opt, ps, states, lr, mom, sqr_mom, wd, eps)
 
-# %% ../nbs/09a_fused_optimizers.ipynb #142b8818
+# %% ../nbs/09a_fused_optimizers.ipynb #5a97a518
 _MAX_TRUST = 10.
 
 @functools.lru_cache(maxsize=None)
@@ -104,11 +104,15 @@ def lamb_kernel():
     "dl2's C++ LAMB step for float32 CPU tensors, built on first use; None where it cannot be built."
     return load_cpp('lamb', ['lamb_'])
 
-def _cpp_takes(ps, states):
-    "Whether the C++ kernel takes these tensors: float32 on the CPU, gradients and averages laid out like their parameter."
-    return ps[0].device.type == 'cpu' and ps[0].dtype == torch.float32 and all(
+def _laid_out_alike(ps, states):
+    "Whether `ps` are float32 and dense in a plain layout, with gradients and averages laid out like them: what the LAMB kernels take."
+    return ps[0].dtype == torch.float32 and all(
         plain_layout(p) and p.grad.stride() == p.stride() == s['grad_avg'].stride() == s['sqr_avg'].stride()
         for p, s in zip(ps, states))
+
+def _cpp_takes(ps, states):
+    "Whether the C++ kernel takes these tensors: float32 CPU tensors laid out like their gradients and averages."
+    return ps[0].device.type == 'cpu' and _laid_out_alike(ps, states)
 
 def _trust_ratio(ps, upd):
     "Per tensor, `||p|| / ||upd||` capped at `_MAX_TRUST`, or 1 where either norm is 0: a 1-d tensor."
@@ -136,11 +140,21 @@ def _lamb_cpp(opt, ps, states, lr, mom, sqr_mom, eps, wd):
     lamb_kernel().lamb_(ps, [p.grad for p in ps], [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states],
                         [s['step'] for s in states], lr, mom, sqr_mom, eps, wd, _MAX_TRUST)
 
-_LAMB_ROUTES = {'cpp': _lamb_cpp, 'adamw_copy': _lamb_adamw_copy}
+def _lamb_triton(opt, ps, states, lr, mom, sqr_mom, eps, wd):
+    "The LAMB step by dl2's Triton kernels (`07d_triton_kernels`), the step counts read on the device."
+    load_triton().lamb_triton_(ps, [p.grad for p in ps], [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states],
+                               torch.stack(_step_tensors(opt, ps, states)), lr, mom, sqr_mom, eps, wd, _MAX_TRUST)
+
+def _triton_takes(ps, states):
+    "Whether the Triton kernels take these tensors: float32 on a CUDA device, laid out like their gradients and averages."
+    return ps[0].is_cuda and _laid_out_alike(ps, states)
+
+_LAMB_ROUTES = {'cpp': _lamb_cpp, 'triton': _lamb_triton, 'adamw_copy': _lamb_adamw_copy}
 
 def lamb_route(opt, ps, states):
     "The fastest LAMB route that takes `ps`: 'cpp', 'triton' or 'adamw_copy'."
     if _cpp_takes(ps, states) and lamb_kernel() is not None: return 'cpp'
+    if _triton_takes(ps, states) and triton_available(): return 'triton'
     return 'adamw_copy'
 
 def _lamb(opt, ps, lr, mom, sqr_mom, eps, wd=0., **kwargs):
