@@ -68,9 +68,9 @@ class GeneralRelu(nn.Module):
         return x
     def extra_repr(self): return f'leak={self.leak}, sub={self.sub}, maxv={self.maxv}'
 
-# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #105d9e43
-def conv_layer(ni, nf, ks=3, stride=2, bn=False, **kwargs):
-    "Convolution (no bias when followed by BatchNorm), `GeneralRelu(**kwargs)`, and optionally BatchNorm."
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #a02dfe15
+def conv_layer(ni, nf, ks=3, stride=2, bn=True, **kwargs):
+    "Convolution (no bias when followed by BatchNorm), `GeneralRelu(**kwargs)`, and BatchNorm unless `bn=False`."
     layers = [nn.Conv2d(ni, nf, ks, padding=ks//2, stride=stride, bias=not bn), GeneralRelu(**kwargs)]
     if bn: layers.append(nn.BatchNorm2d(nf, eps=1e-5, momentum=0.1))
     return nn.Sequential(*layers)
