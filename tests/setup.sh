@@ -43,6 +43,9 @@ make_venv() {   # .venv in the repo root, kept if it works, made anew otherwise
   fi
   if [ -e .venv ]; then say "replacing .venv, whose Python no longer runs"; rm -rf .venv; fi
   "$base" -m venv $flags .venv
+  # the pip a Python ships can be years old: Debian 12's took over 10 minutes to resolve the dev tools, pip 26 one
+  say "updating .venv's pip"
+  .venv/bin/python -m pip install -q --upgrade pip
 }
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then env=$VIRTUAL_ENV
