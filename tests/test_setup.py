@@ -31,7 +31,9 @@ def torch_stub(tmp_path_factory):
 
 def setup_sh(repo, *cmd, **env):
     "Run `repo`'s tests/setup.sh with `cmd`, outside any Python environment except the ones `env` sets up."
-    base = {k: v for k, v in os.environ.items() if k not in ('VIRTUAL_ENV', 'CONDA_PREFIX', 'CONDA_DEFAULT_ENV', 'PYTHONPATH', 'PYTHONHOME')}
+    # PIP_CONSTRAINT: CI's floor pins are for its own Python; the system Python may be too new for their wheels
+    drop = ('VIRTUAL_ENV', 'CONDA_PREFIX', 'CONDA_DEFAULT_ENV', 'PYTHONPATH', 'PYTHONHOME', 'PIP_CONSTRAINT')
+    base = {k: v for k, v in os.environ.items() if k not in drop}
     # this interpreter's environment off PATH, so that no `python`/`pip` of it can stand in for the one setup.sh picks
     base['PATH'] = os.pathsep.join(p for p in base['PATH'].split(os.pathsep) if Path(p).resolve() != Path(sys.prefix, 'bin').resolve())
     return subprocess.run(['bash', 'tests/setup.sh', *cmd], cwd=repo, env={**base, **env}, capture_output=True, text=True, timeout=900)
