@@ -2,7 +2,7 @@
 
 # %% auto #0
 __all__ = ['mnist_view', 'default_device', 'DeviceCallback', 'BatchTransformXCallback', 'view_tfm', 'Lambda', 'flatten',
-           'GeneralRelu', 'conv_layer', 'get_cnn_layers', 'get_cnn_model', 'init_cnn', 'get_learner']
+           'GeneralRelu', 'conv_layer', 'prev_pow_2', 'get_cnn_layers', 'get_cnn_model', 'init_cnn', 'get_learner']
 
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #e787a2f6
 import math
@@ -75,10 +75,18 @@ def conv_layer(ni, nf, ks=3, stride=2, bn=True, **kwargs):
     if bn: layers.append(nn.BatchNorm2d(nf, eps=1e-5, momentum=0.1))
     return nn.Sequential(*layers)
 
-def get_cnn_layers(data, nfs, layer, **kwargs):
-    "The lesson's CNN as a list: `layer`s with `nfs` filters (5x5 first), pooling, a linear head sized from `data`."
-    nfs = [data.c_in] + listify(nfs)
-    return [layer(nfs[i], nfs[i+1], 5 if i == 0 else 3, **kwargs) for i in range(len(nfs) - 1)] + [
+def prev_pow_2(x):
+    "The largest power of 2 not above `x`."
+    return 2**math.floor(math.log2(x))
+
+def get_cnn_layers(data, nfs, layer, stem=False, **kwargs):
+    "The lesson's CNN as a list: `layer`s with `nfs` filters (5x5 first; all 3x3 after lesson 11's stem if `stem`), pooling, a linear head sized from `data`."
+    c, layers = data.c_in, []
+    if stem:   # lesson 11 ("Bag of Tricks"): three 3x3 convs, the first at stride 1, widening to 4x the power of 2 below 9*c_in
+        s = prev_pow_2(c * 3 * 3)
+        layers, c = [layer(c, s, 3, stride=1, **kwargs), layer(s, s*2, 3, stride=2, **kwargs), layer(s*2, s*4, 3, stride=2, **kwargs)], s*4
+    nfs = [c] + listify(nfs)
+    return layers + [layer(nfs[i], nfs[i+1], 3 if stem or i else 5, **kwargs) for i in range(len(nfs) - 1)] + [
         nn.AdaptiveAvgPool2d(1), Lambda(flatten), nn.Linear(nfs[-1], data.c_out)]
 
 def get_cnn_model(data, nfs, layer, **kwargs):
