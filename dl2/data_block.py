@@ -75,7 +75,7 @@ def fashion_mnist_folder(name='fashion-mnist', n_per_class=None, n_workers=None)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/08_data_block.ipynb #2eaba8af
+# %% ../nbs/08_data_block.ipynb #8b08624a
 PIL.Image.init()
 image_extensions = {ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.OPEN}
 
@@ -88,18 +88,34 @@ def _get_files(p, fs, extensions=None):
     p = Path(p)
     return [p/f for f in sorted(fs) if not f.startswith('.') and (extensions is None or os.path.splitext(f)[1].lower() in extensions)]
 
+def _scan(p, extensions, skipped):
+    "The regular files (links followed) in folder `p` with `extensions`, and its subfolders to descend into (not links: no loops)."
+    files, dirs = [], []
+    with os.scandir(p) as it:
+        for o in it:
+            if o.is_dir():
+                if not o.is_symlink() and not o.name.startswith('.'): dirs.append(o.name)
+            elif o.is_file(): files.append(o.name)
+            elif _get_files(p, [o.name], extensions): skipped.append(Path(p)/o.name)   # a pipe, socket, device or dead link
+    return _get_files(p, files, extensions), sorted(dirs)
+
+def _walk(p, extensions, skipped, include=None):
+    "The files of `_scan` in folder `p` and, depth first in sorted order, below it (at the top only under `include`)."
+    files, dirs = _scan(p, extensions, skipped)
+    if include is not None: files, dirs = [], [d for d in dirs if d in include]
+    for d in dirs: files += _walk(p/d, extensions, skipped)
+    return files
+
 def get_files(path, extensions=None, recurse=False, include=None):
     "Sorted files in `path` (and below if `recurse`; then only under its folders in `include`, if given) with `extensions`, any case."
-    path, extensions = Path(path), _norm_exts(extensions)
+    path, extensions, skipped = Path(path), _norm_exts(extensions), []
     if not path.is_dir(): raise FileNotFoundError(f'{path} is not a folder')
-    if not recurse: return _get_files(path, [o.name for o in os.scandir(path) if o.is_file()], extensions)
-    res = []
-    for i, (p, d, f) in enumerate(os.walk(path)):
-        d[:] = sorted(o for o in d if not o.startswith('.') and (include is None or i > 0 or o in include))
-        if include is None or i > 0: res += _get_files(p, f, extensions)
+    res = _walk(path, extensions, skipped, include) if recurse else _scan(path, extensions, skipped)[0]
+    if skipped: warnings.warn(f'get_files: left out {len(skipped)} entries that are not regular files (pipes, sockets, devices, '
+                              f'dead links), such as {skipped[0]}')
     return res
 
-# %% ../nbs/08_data_block.ipynb #06c4cd9c
+# %% ../nbs/08_data_block.ipynb #43b96741
 class ItemList(ListContainer):
     "Items from `path`; indexing returns `get(item)` passed through `tfms` in `_order`."
     def __init__(self, items, path='.', tfms=None):
@@ -122,6 +138,16 @@ class BadImageError(OSError):
 
 def _bad_image(fn, e): return BadImageError(f'{fn}: cannot load image ({type(e).__name__}: {e})')
 
+_LOAD_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
+
+def _image_problem(fn):
+    "Why PIL cannot fully decode the file `fn`, or None."
+    try:
+        with PIL.Image.open(fn) as img: img.load()
+    except _LOAD_ERRORS as e: return f'{type(e).__name__}: {e}'
+
+def _name(f): return getattr(f, '__name__', None) or repr(f)
+
 class ImageList(ItemList):
     "Image files, opened lazily with PIL by `get`; a file that fails to load raises `BadImageError` naming it."
     @classmethod
@@ -135,13 +161,18 @@ class ImageList(ItemList):
         return cls(files, path, **kwargs)
     def get(self, fn):
         try: return PIL.Image.open(fn)
-        except (OSError, ValueError, SyntaxError) as e: raise _bad_image(fn, e) from e
+        except _LOAD_ERRORS as e: raise _bad_image(fn, e) from e
     def _get(self, fn):
-        try: return super()._get(fn)
-        except BadImageError: raise
-        except (OSError, ValueError, RuntimeError, SyntaxError) as e: raise _bad_image(fn, e) from e
+        x = self.get(fn)
+        for f in sorted(self.tfms, key=lambda o: getattr(o, '_order', 0)):
+            try: x = f(x)
+            except BadImageError: raise
+            except Exception as e:   # PIL decodes lazily, inside a transform: blame the file only if it does not decode
+                if problem := _image_problem(fn): raise BadImageError(f'{fn}: cannot load image ({problem})') from e
+                raise RuntimeError(f'{fn}: transform {_name(f)} failed ({type(e).__name__}: {e})') from e
+        return x
 
-# %% ../nbs/08_data_block.ipynb #b50343ae
+# %% ../nbs/08_data_block.ipynb #bf081350
 class Transform():
     "Base class for item transforms: callables applied in increasing `_order`."
     _order = 0
@@ -149,7 +180,11 @@ class Transform():
 _GREY_MODES = {'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'}
 
 def _to_8bit(img):
-    "`img` with 16- and 32-bit integer modes scaled (not clipped) to 8 bits."
+    "`img` with 16- and 32-bit integer modes scaled (not clipped) to 8 bits; float images scaled from [0, 1] if they are in it, else clipped."
+    if img.mode == 'F':   # PIL's own conversion clips, so a [0, 1] image would come out black
+        a = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        if a.size and a.min() >= 0 and a.max() <= 1: a = a * 255
+        return PIL.Image.fromarray(a.clip(0, 255).round().astype(np.uint8))
     if not img.mode.startswith('I'): return img
     return PIL.Image.fromarray((np.asarray(img).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
 
@@ -170,7 +205,7 @@ def make_grey(img):
     return _to_mode(img, 'L')
 make_grey._order = 0
 
-# %% ../nbs/08_data_block.ipynb #6ae81ece
+# %% ../nbs/08_data_block.ipynb #19083c01
 def split_by_func(items, f):
     "`items` split into those `f` maps to False (train) and to True (valid); None drops an item."
     mask = [f(o) for o in items]
@@ -184,7 +219,7 @@ def grandparent_splitter(fn, valid_name='valid', train_name='train'):
 def random_splitter(fn, p_valid=0.2, seed=42):
     "True for a fraction `p_valid` of files, chosen by hashing `seed` and `fn`'s folder and name: stable everywhere."
     key = f'{seed}/' + '/'.join(Path(fn).parts[-2:])
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), 'big') / 2**64 < p_valid
+    return int.from_bytes(hashlib.blake2b(key.encode(errors='surrogateescape'), digest_size=8).digest(), 'big') / 2**64 < p_valid
 
 class SplitData():
     "Training and validation lists; other attributes are read from the training list."
@@ -275,13 +310,14 @@ def label_by_func(sd, f, proc_x=None, proc_y=None):
     "Both halves of `sd` labelled by `f`, with shared processors so validation reuses the training vocab."
     return SplitData(*(LabeledData.label_by_func(o, f, proc_x=proc_x, proc_y=proc_y) for o in (sd.train, sd.valid)))
 
-# %% ../nbs/08_data_block.ipynb #7a7f6719
+# %% ../nbs/08_data_block.ipynb #989ef895
 def _decodes_direct(img):
     "Whether torchvision can decode `img` straight from its file: an unloaded RGB or L JPEG/PNG."
     return decode_image is not None and img.format in ('JPEG', 'PNG') and img.mode in ('RGB', 'L') and bool(getattr(img, 'tile', None) and getattr(img, 'filename', ''))
 
 def _pil_to_tensor(img):
-    "A PIL image (mode L or RGB) decoded by PIL into a uint8 CxHxW tensor."
+    "A PIL image decoded by PIL into a uint8 CxHxW tensor: grey modes as L, the others as RGB (see `make_rgb`)."
+    if img.mode not in ('L', 'RGB'): img = _to_mode(img, 'L' if img.mode in _GREY_MODES else 'RGB')
     x = torch.from_numpy(np.array(img, dtype=np.uint8))
     return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
 
@@ -289,7 +325,8 @@ def to_byte_tensor(img):
     "A PIL image as a uint8 CxHxW tensor (tensors pass through); unloaded JPEG/PNG files are decoded by torchvision."
     if isinstance(img, torch.Tensor): return img
     if _decodes_direct(img):
-        x = decode_image(img.filename, mode=ImageReadMode.RGB if img.mode == 'RGB' else ImageReadMode.GRAY)
+        data = torch.from_numpy(np.fromfile(img.filename, dtype=np.uint8))   # read by Python: any file name the OS allows
+        x = decode_image(data, mode=ImageReadMode.RGB if img.mode == 'RGB' else ImageReadMode.GRAY)
         img.close()
         return x
     return _pil_to_tensor(img)
@@ -498,15 +535,7 @@ def preloaded_databunch(path, size=None, bs=64, device=None, batch_tfms=None, su
     data.norm, data.vocab = norm, d['vocab']
     return data
 
-# %% ../nbs/08_data_block.ipynb #a6e5c30b
-_LOAD_ERRORS = (OSError, ValueError, SyntaxError, EOFError, PIL.Image.DecompressionBombError)
-
-def _image_problem(fn):
-    "Why PIL cannot fully decode the file `fn`, or None."
-    try:
-        with PIL.Image.open(fn) as img: img.load()
-    except _LOAD_ERRORS as e: return f'{type(e).__name__}: {e}'
-
+# %% ../nbs/08_data_block.ipynb #68f810a0
 def verify_images(files, n_workers=None):
     "`{file: problem}` for each of `files` that does not decode completely; empty if all are fine."
     files = listify(files)

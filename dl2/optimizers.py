@@ -5,7 +5,8 @@ __all__ = ['sgd_opt', 'lamb', 'sgd_step', 'maybe_update', 'get_defaults', 'Optim
            'StatefulOptimizer', 'AverageGrad', 'momentum_step', 'sgd_mom_opt', 'AverageSqrGrad', 'StepCount', 'debias',
            'adam_step', 'adam_stats', 'adam_opt', 'lamb_step']
 
-# %% ../nbs/09_optimizers.ipynb #2ef58852
+# %% ../nbs/09_optimizers.ipynb #ae5661f4
+import math
 from functools import partial
 import torch
 from fastcore.basics import patch
@@ -44,10 +45,22 @@ def _param_groups(params):
     if len({id(p) for g in groups for p in g['params']}) != n: raise ValueError("Optimizer: a parameter appears twice")
     return groups
 
-# %% ../nbs/09_optimizers.ipynb #c07062bd
+# %% ../nbs/09_optimizers.ipynb #c3f2c0d0
 def _hypers(pg):
     "The hyper-parameters of group `pg`: everything but its 'params'."
     return {k: v for k, v in pg.items() if k != 'params'}
+
+_HYPER_RANGES = {'lr': (0, math.inf), 'wd': (0, math.inf), 'eps': (0, math.inf), 'mom': (0, 1), 'sqr_mom': (0, 1)}
+
+def _check_hypers(groups):
+    "Raise a `ValueError` naming the group and hyper-parameter if a known one is not a number in its range."
+    for i, pg in enumerate(groups):
+        for k, (lo, hi) in _HYPER_RANGES.items():
+            if k not in pg: continue
+            v = pg[k]
+            try: ok = lo <= float(v) <= hi and math.isfinite(float(v))
+            except (TypeError, ValueError, RuntimeError): ok = False   # not a number (or a tensor of several)
+            if not ok: raise ValueError(f"Optimizer: {k}={v!r} in parameter group {i}; it must be a finite number from {lo} to {hi}")
 
 class Optimizer():
     "Updates each parameter that has a gradient by composing `steppers`, with its group's hyper-parameters."
@@ -57,6 +70,7 @@ class Optimizer():
         self.steppers = listify(steppers)
         maybe_update(self.steppers, defaults, get_defaults)
         self.param_groups = [{**defaults, **g} for g in _param_groups(params)]
+        _check_hypers(self.param_groups)
         self.state = {}
 
     @property
@@ -66,6 +80,7 @@ class Optimizer():
 
     def grad_params(self):
         "`(p, hyper)` for each parameter with a gradient, `hyper` the hyper-parameters of its group."
+        _check_hypers(self.param_groups)   # a schedule may have set them since
         res = [(p, hyper) for pg in self.param_groups for hyper in [_hypers(pg)] for p in pg['params'] if p.grad is not None]
         if any(p.grad.is_sparse for p, _ in res):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (e.g. from nn.Embedding(sparse=True))")
