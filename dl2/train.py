@@ -249,7 +249,7 @@ def _prepare_learner(args, given, out, log):
             try: ckpt = load_checkpoint(ckpt_path)
             except ValueError as e: raise UsageError(f'--resume: {e}') from None
             resume_settings(args, given, ckpt, log)
-        if args.bs % world_size(): raise UsageError(f'--bs {args.bs} does not split evenly over {world_size()} processes')
+        _check_bs(args.bs, world_size())
         seed_everything(args.seed)
         if args.norm == 'rbn' and device.type == 'cpu': running_bn_kernel()   # compiled on a machine's first run, saying so
         data = load_data(args, device)
@@ -311,6 +311,10 @@ def _quiet_stdout():
 
 _EXIT = {'the output was closed': 141, 'another process stopped': 143}   # else 130: interrupted
 
+def _check_bs(bs, n):
+    "Raise a `UsageError` unless the batch size `bs` splits evenly over `n` processes."
+    if bs % n: raise UsageError(f'--bs {bs} does not split evenly over {n} processes')
+
 def _check_nproc(args):
     "Raise a `UsageError` unless `--nproc` processes can start here."
     if launched(): raise UsageError('--nproc: this process was started by a launcher (torchrun) already; leave --nproc out')
@@ -318,10 +322,11 @@ def _check_nproc(args):
     if device.type == 'cuda' and args.nproc > torch.cuda.device_count():
         raise UsageError(f'--nproc {args.nproc}: one process per GPU, and there are {torch.cuda.device_count()}')
     if device.type not in ('cpu', 'cuda'): raise UsageError(f'--nproc: several processes train on CUDA GPUs or the CPU, not {device.type}')
+    if not args.resume: _check_bs(args.bs, args.nproc)   # resuming, the run's own batch size is checked by the processes
 
 def main(argv=None):
     "Entry point of `dl2_train`: parse `argv` (default: the command line), train (on `--nproc` processes), return the exit code."
-    argv = sys.argv[1:] if argv is None else list(argv)
+    command, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     parser = get_parser()
     args = parser.parse_args(argv)
     lead = int(os.environ.get('RANK', 0)) == 0
@@ -330,7 +335,9 @@ def main(argv=None):
     try:
         if args.nproc > 1 and os.environ.get('LOCAL_WORLD_SIZE') != str(args.nproc):   # not yet one of the N processes
             _check_nproc(args)
-            fork = default_device(args.device).type == 'cpu' and 'fork' in mp.get_all_start_methods()   # no tensor work done yet
+            # forking spares each process the imports, but is safe on the CPU only before any tensor work (OpenMP's threads
+            # do not survive it): so only as the command itself
+            fork = command and default_device(args.device).type == 'cpu' and 'fork' in mp.get_all_start_methods()
             return launch(main, args.nproc, argv, start_method='fork' if fork else 'spawn', prog=parser.prog)
         with distributed(args.device): res = train(args, given_options(argv))
     except Interrupted as e:
