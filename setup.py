@@ -7,11 +7,11 @@ cfg = ConfigParser(delimiters=['='])
 cfg.read(Path(__file__).parent/'settings.ini', encoding='utf-8')
 cfg = cfg['DEFAULT']
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+licenses = {'apache2': 'Apache-2.0'}   # SPDX identifiers: setuptools deprecates the License classifiers
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 lic = licenses[cfg['license']]
 min_python = cfg['min_python']
-py_versions = ['3.10', '3.11', '3.12', '3.13']
+py_versions = ['3.10', '3.11', '3.12', '3.13']   # CI tests the first and the last
 readme = Path(__file__).parent/'README.md'
 
 setuptools.setup(
@@ -20,17 +20,17 @@ setuptools.setup(
     description=cfg['description'],
     long_description=readme.read_text(encoding='utf-8') if readme.exists() else cfg['description'],
     long_description_content_type='text/markdown',
-    license=lic[0],
+    license=lic,
     author=cfg['author'], author_email=cfg['author_email'],
     url=cfg['git_url'],
     keywords=cfg['keywords'].split(),
     classifiers=[f"Development Status :: {statuses[int(cfg['status'])]}",
                  f"Intended Audience :: {cfg['audience']}",
-                 f"License :: {lic[1]}",
                  f"Natural Language :: {cfg['language']}"]
                 + [f'Programming Language :: Python :: {v}' for v in py_versions[py_versions.index(min_python):]],
-    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name']+'.*']),
-    include_package_data=True,
+    # namespace discovery, so that dl2/csrc (the C++ kernels' sources, built on the user's machine) is a package of data files
+    packages=setuptools.find_namespace_packages(include=[cfg['lib_name'], cfg['lib_name']+'.*'], exclude=['*.__pycache__']),
+    package_data={cfg['lib_name']+'.csrc': ['*.cpp', '*.h']},
     python_requires=f'>={min_python}',
     install_requires=cfg['requirements'].split(),
     extras_require={'dev': cfg['dev_requirements'].split()},

@@ -5,7 +5,7 @@ Fashion-MNIST batches for `--batches` training batches, under the same one-cycle
 compute loss and accuracy on the same validation batches. Runs alternate (plain, learner, plain, ...) so
 machine load hits both alike; the table shows each repeat and the median ratio learner/plain.
 
-    python benchmarks/bench_learner.py [--batches 40] [--repeats 5] [--bs 256] [--threads N]
+    python benchmarks/bench_learner.py [--batches 40] [--repeats 5] [--bs 256] [--threads N] [--device cuda]
 """
 import argparse, contextlib, copy, io, statistics, tempfile, time
 from pathlib import Path
@@ -41,9 +41,9 @@ def plain_loop(model, data, opt, sched, loss_func):
             tot_loss += loss_func(pred, yb) * len(xb); tot_acc += accuracy(pred, yb) * len(xb); count += len(xb)
     return float(tot_loss) / count, float(tot_acc) / count
 
-def learner_loop(model, data, opt_func, sched, loss_func, ckpt):
+def learner_loop(model, data, opt_func, sched, loss_func, ckpt, device):
     "The same epoch through `Learner.fit` with the callbacks of `dl2_train`."
-    cbs = [DeviceCallback('cpu'), AvgStatsCallback(accuracy), Recorder(), ProgressCallback(bars=False),
+    cbs = [DeviceCallback(device), AvgStatsCallback(accuracy), Recorder(), ProgressCallback(bars=False),
            ParamScheduler('lr', sched), CheckpointCallback(ckpt)]
     learn = Learner(model, data, loss_func, opt_func=opt_func, cbs=cbs)
     with contextlib.redirect_stdout(io.StringIO()): learn.fit(1)   # the table rows would clutter the report
@@ -56,14 +56,16 @@ def main():
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--bs', type=int, default=256)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    p.add_argument('--device', default='cpu')
     args = p.parse_args()
+    device = torch.device(args.device)
     if args.threads: torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    full = load_data(get_parser().parse_args(['--bs', str(args.bs)]), 'cpu')   # dl2_train's data, augmentation included
-    data = DataBunch(truncated(full.train_dl, args.batches), truncated(full.valid_dl, 4), full.c_in, full.c_out)
+    full = load_data(get_parser().parse_args(['--bs', str(args.bs)]), device)   # dl2_train's data, augmentation included
+    data = DataBunch(truncated(full.train_dl, args.batches), truncated(full.valid_dl, 4), c_in=full.c_in, c_out=full.c_out)
     model0 = make_model(data, [32, 64, 128, 256], 'rbn')
     init_cnn(model0)
-    model0 = model0.to(memory_format=torch.channels_last)   # as dl2_train does
+    model0 = model0.to(device, memory_format=torch.channels_last)   # as dl2_train does
     opt_func, sched = opt_func_for('adam'), one_cycle(3e-3)
     loss_func = partial(F.cross_entropy, label_smoothing=0.1)
     ckpt = Path(tempfile.mkdtemp())/'bench.pth'
@@ -72,6 +74,7 @@ def main():
         "Wall and CPU seconds of `f()` (CPU time is less disturbed by other processes on a shared machine), and its result."
         torch.manual_seed(1); t, c = time.perf_counter(), time.process_time()
         res = f()
+        if device.type == 'cuda': torch.cuda.synchronize()
         return time.perf_counter() - t, time.process_time() - c, res
     def time_plain():
         model = copy.deepcopy(model0)
@@ -79,10 +82,10 @@ def main():
         return timed(lambda: plain_loop(model, data, opt, sched, loss_func))
     def time_learner():
         model = copy.deepcopy(model0)
-        return timed(lambda: learner_loop(model, data, opt_func, sched, loss_func, ckpt))
+        return timed(lambda: learner_loop(model, data, opt_func, sched, loss_func, ckpt, device))
 
     time_plain(); time_learner()   # warm-up
-    print(f'{args.batches} training batches of {args.bs} + 4 validation batches, torch threads={torch.get_num_threads()}')
+    print(f'{args.batches} training batches of {args.bs} + 4 validation batches on {device}, torch threads={torch.get_num_threads()}')
     print(f"{'repeat':>6} {'plain s':>8} {'learner s':>9} {'ratio':>6} {'plain cpu':>9} {'learner cpu':>11} {'ratio':>6}  valid acc plain/learner")
     walls, cpus = [], []
     for r in range(args.repeats):

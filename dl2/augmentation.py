@@ -4,8 +4,8 @@
 __all__ = ['BATCH_AUGMENTS', 'PilTransform', 'PilRandomFlip', 'PilRandomDihedral', 'process_sz', 'default_crop_size',
            'GeneralCrop', 'CenterCrop', 'RandomResizedCrop', 'find_coeffs', 'warp', 'uniform', 'tilt_corners',
            'PilTiltRandomCrop', 'np_to_float', 'rotate_mats', 'zoom_mats', 'flip_mats', 'translate_mats',
-           'affine_batch', 'RandomAffine', 'tilt_mats', 'homography_grid', 'warp_batch', 'RandomWarp', 'pil_coeffs',
-           'AugmentCallback', 'flip_shift', 'FlipShift', 'batch_augment', 'tta_accuracy']
+           'affine_batch', 'RandomAffine', 'tilt_mats', 'homography_grid', 'warp_batch', 'RandomWarp',
+           'AugmentCallback', 'flip_shift', 'FlipShift', 'batch_augment', 'tta_accuracy', 'pil_coeffs']
 
 # %% ../nbs/10_augmentation.ipynb #2d2518f2
 import math, random
@@ -83,6 +83,7 @@ class CenterCrop(GeneralCrop):
     def default_crop_size(self, w, h): return [w / self.scale, h / self.scale]
     def get_corners(self, w, h, wc, hc): return ((w - wc) / 2, (h - hc) / 2, (w + wc) / 2, (h + hc) / 2)
 
+# %% ../nbs/10_augmentation.ipynb #452f4480
 class RandomResizedCrop(GeneralCrop):
     "A random box of a fraction `scale` of the image's area and aspect ratio in `ratio` (log-uniform), resampled to `size`."
     def __init__(self, size, scale=(0.35, 1), ratio=(3/4, 4/3), resample=PIL.Image.Resampling.BILINEAR):
@@ -263,14 +264,6 @@ class RandomWarp(RandomAffine):
         _check_batch(x, type(self).__name__)
         return warp_batch(x, self.mats(len(x), *x.shape[-2:]), self.mode, self.padding_mode)
 
-# %% ../nbs/10_augmentation.ipynb #2cb03b00
-def pil_coeffs(mats, size):
-    "PIL's PERSPECTIVE data (n lists of 8; AFFINE data is the first 6) for `mats` (n, 3, 3) on images of PIL `size` (w, h)."
-    w, h = size
-    S = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], dtype=torch.float64)  # pixels to -1..1
-    p = torch.linalg.inv(S) @ mats.detach().cpu().double() @ S
-    return (p / p[:, 2:, 2:]).flatten(1)[:, :8].tolist()
-
 # %% ../nbs/10_augmentation.ipynb #2f3545cb
 class AugmentCallback(BatchTransformXCallback):
     "`BatchTransformXCallback` for augmentation: transforms training batches only."
@@ -320,3 +313,11 @@ def tta_accuracy(model, dl):
             probs = model(xb).softmax(1) + model(xb.flip(3)).softmax(1)
             correct += (probs.argmax(1) == yb).sum(); n += len(yb)
     return (correct / max(n, 1)).item()
+
+# %% ../nbs/10_augmentation.ipynb #2cb03b00
+def pil_coeffs(mats, size):
+    "PIL's PERSPECTIVE data (n lists of 8; AFFINE data is the first 6) for `mats` (n, 3, 3) on images of PIL `size` (w, h)."
+    w, h = size
+    S = torch.tensor([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]], dtype=torch.float64)  # pixels to -1..1
+    p = torch.linalg.inv(S) @ mats.detach().cpu().double() @ S
+    return (p / p[:, 2:, 2:]).flatten(1)[:, :8].tolist()

@@ -32,14 +32,13 @@ class Hooks(ListContainer):
         for h in self: h.remove()
 
 # %% ../nbs/06a_hooks.ipynb #7f364416
-def append_stats(hook, mod, inp, outp):
-    "Hook function: appends the mean, std and a 40-bin histogram over [-7, 7] of `outp` to `hook.stats`."
-    if not hasattr(hook, 'stats'): hook.stats = ([], [], [])
+def append_stats(hook, mod, inp, outp, hist=True):
+    "Hook function: appends the mean, std and (if `hist`) a 40-bin histogram over [-7, 7] of `outp` to `hook.stats`."
+    if not hasattr(hook, 'stats'): hook.stats = ([], [], []) if hist else ([], [])
     if not mod.training: return
-    means, stds, hists = hook.stats
     o = outp.detach().float()
-    means.append(o.mean().cpu()); stds.append(o.std().cpu())
-    hists.append(o.histc(40, -7, 7).cpu())
+    hook.stats[0].append(o.mean().cpu()); hook.stats[1].append(o.std().cpu())
+    if hist: hook.stats[2].append(o.histc(40, -7, 7).cpu())
 
 def get_hist(h):
     "The histograms recorded by `h` as an image: bins by iterations, log scale."

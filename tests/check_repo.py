@@ -1,4 +1,6 @@
-"""Repo invariants nbdev does not enforce: no legacy `#export`-style directives, and dl2/ in sync with the notebooks."""
+"""Repo invariants nbdev does not enforce: no legacy `#export`-style directives; dl2/, the notebooks and nbs/sidebar.yml
+as nbdev_export, nbdev_clean and nbdev_sidebar leave them; a Python 3 kernelspec in every notebook; README.md made from
+nbs/index.ipynb. `python tests/check_repo.py --write-readme` writes README.md from nbs/index.ipynb."""
 import hashlib, json, re, subprocess, sys
 from pathlib import Path
 
@@ -6,36 +8,72 @@ ROOT = Path(__file__).resolve().parent.parent
 # nbdev 2 only reads `#| directive`; nbdev 1's `#export` (no bar) is silently treated as a comment.
 LEGACY = re.compile(r'^\s*#\s*(export|exports|exporti|default_exp|hide|hide_input|hide_output|collapse_\w+)\b(?!.*\|)')
 
+def notebooks(nbs_path):
+    "The notebooks in `nbs_path`, checkpoints left out."
+    return [nb for nb in sorted(Path(nbs_path).glob('**/*.ipynb')) if '.ipynb_checkpoints' not in nb.parts]
+
+def _source(cell): return cell['source'] if isinstance(cell['source'], str) else ''.join(cell['source'])
+
 def legacy_directives(nbs_path):
     "`(notebook, cell index, line)` for each code-cell line that looks like an nbdev 1 directive."
     found = []
-    for nb in sorted(Path(nbs_path).glob('**/*.ipynb')):
-        if '.ipynb_checkpoints' in nb.parts: continue
+    for nb in notebooks(nbs_path):
         cells = json.loads(nb.read_text(encoding='utf-8'))['cells']
         for i, cell in enumerate(cells):
             if cell['cell_type'] != 'code': continue
-            src = cell['source'] if isinstance(cell['source'], str) else ''.join(cell['source'])
-            found += [(nb, i, line) for line in src.splitlines() if LEGACY.match(line) and not line.lstrip().startswith('#|')]
+            found += [(nb, i, line) for line in _source(cell).splitlines() if LEGACY.match(line) and not line.lstrip().startswith('#|')]
     return found
 
-def _digest(lib):
-    return {p.relative_to(lib).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(lib).rglob('*.py'))}
+def _digest(files): return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+def drift(root, cmd, pattern):
+    "Run nbdev command `cmd` in `root`; the files matching `pattern` (relative to `root`) that it created, changed or removed."
+    root = Path(root)
+    before = _digest(root.glob(pattern))
+    subprocess.run(cmd, cwd=root, check=True, stdout=subprocess.DEVNULL)
+    after = _digest(root.glob(pattern))
+    return sorted(p.relative_to(root).as_posix() for p in before.keys() | after.keys() if before.get(p) != after.get(p))
 
 def export_drift(root=ROOT):
-    "Run `nbdev_export` in `root` and return the dl2/ files it created, changed or removed."
-    lib = Path(root)/'dl2'
-    before = _digest(lib)
-    subprocess.run(['nbdev_export'], cwd=root, check=True)
-    after = _digest(lib)
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    "The dl2/ files that `nbdev_export` changes: the library is out of sync with the notebooks."
+    return drift(root, ['nbdev_export'], 'dl2/**/*.py')
 
-def main():
+def clean_drift(root=ROOT):
+    "The notebooks that `nbdev_clean` changes: they were committed with outputs, execution counts or stray metadata."
+    return drift(root, ['nbdev_clean'], 'nbs/**/*.ipynb')
+
+def sidebar_drift(root=ROOT):
+    "['nbs/sidebar.yml'] if `nbdev_sidebar` (which lists the notebooks for the docs) changes it."
+    return drift(root, ['nbdev_sidebar'], 'nbs/sidebar.yml')
+
+def missing_kernelspec(nbs_path):
+    "The notebooks whose metadata lacks a Python 3 kernelspec (Jupyter then asks for a kernel; nbdev_clean keeps one)."
+    def ok(nb): return json.loads(nb.read_text(encoding='utf-8'))['metadata'].get('kernelspec', {}).get('name') == 'python3'
+    return [nb for nb in notebooks(nbs_path) if not ok(nb)]
+
+def readme_from_index(index):
+    "README.md's text made from the docs home page `index`: its markdown cells, a blank line apart (code cells need Quarto)."
+    cells = json.loads(Path(index).read_text(encoding='utf-8'))['cells']
+    if any(c['cell_type'] != 'markdown' for c in cells): raise ValueError(f'{index}: only markdown cells can become README.md without Quarto')
+    return '\n\n'.join(_source(c).strip('\n') for c in cells) + '\n'
+
+def main(args=()):
+    index, readme = ROOT/'nbs'/'index.ipynb', ROOT/'README.md'
+    if '--write-readme' in args:
+        readme.write_text(readme_from_index(index), encoding='utf-8')
+        return 0
     problems = [f'{nb.relative_to(ROOT)} cell {i}: legacy directive {line.strip()!r} is ignored by nbdev 2; write "#| {line.strip().lstrip("#").strip()}"'
                 for nb, i, line in legacy_directives(ROOT/'nbs')]
-    drift = export_drift()
-    if drift: problems.append(f'dl2/ was out of sync with the notebooks (nbdev_export changed: {", ".join(drift)}); commit the exported files')
+    problems += [f'{nb.relative_to(ROOT)} has no Python 3 kernelspec: set its metadata "kernelspec" to '
+                 '{"display_name": "python3", "language": "python", "name": "python3"}' for nb in missing_kernelspec(ROOT/'nbs')]
+    for changed, fix in [(export_drift(), 'nbdev_export changed {}: commit the exported files'),
+                         (clean_drift(), 'nbdev_clean changed {}: commit the cleaned notebooks'),
+                         (sidebar_drift(), 'nbdev_sidebar changed {}: commit it')]:
+        if changed: problems.append(fix.format(', '.join(changed)))
+    if readme.read_text(encoding='utf-8') != readme_from_index(index):
+        problems.append('README.md is not what nbs/index.ipynb makes: edit the notebook, then run `python tests/check_repo.py --write-readme`')
     for p in problems: print(f'check_repo: {p}', file=sys.stderr)
-    if not problems: print('check_repo: no legacy directives; dl2/ in sync with nbs/')
+    if not problems: print('check_repo: no legacy directives; dl2/, notebooks and sidebar as nbdev leaves them; kernelspecs; README.md from index.ipynb')
     return 1 if problems else 0
 
-if __name__ == '__main__': sys.exit(main())
+if __name__ == '__main__': sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,6 @@
 "Fixtures shared by the test modules."
+import shutil, subprocess
+from pathlib import Path
 import pytest
 import torch.utils.cpp_extension
 from dl2.batchnorm_kernels import running_bn_kernel
@@ -12,3 +14,17 @@ def no_compiler(monkeypatch):
     for kernel in (running_bn_kernel, lamb_kernel): kernel.cache_clear()
     yield
     for kernel in (running_bn_kernel, lamb_kernel): kernel.cache_clear()
+
+@pytest.fixture(scope='session')
+def checkout(tmp_path_factory):
+    "A function making a fresh copy of the repo, as a clean clone would have it (without envs, builds, caches), in a new temporary folder."
+    root = Path(__file__).resolve().parent.parent
+    ls = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=root, capture_output=True, check=True)
+    files = [f for f in ls.stdout.decode().split('\0') if f and (root/f).is_file()]   # tracked files deleted in the work tree are left out
+    def make(name='checkout'):
+        dest = tmp_path_factory.mktemp(name)
+        for f in files:
+            (dest/f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root/f, dest/f)
+        return dest
+    return make

@@ -7,7 +7,7 @@ import dl2
 MODULES = sorted(m.name for m in pkgutil.iter_modules(dl2.__path__) if not m.name.startswith('_'))
 
 LESSON = {'core', 'imports', 'datasets', 'data', 'learner', 'schedules', 'lr_find', 'cnn', 'hooks', 'batchnorm', 'lsuv',
-          'data_block', 'optimizers', 'checkpoint', 'progress', 'augmentation', 'train'}
+          'data_block', 'optimizers', 'checkpoint', 'progress', 'augmentation', 'train', 'course'}
 SPEED = {'kernels', 'batchnorm_kernels', 'fused_optimizers'}
 
 def test_found_modules():
@@ -23,7 +23,7 @@ def test_no_private_names_across_modules(name):
     private = [(m, n) for m, names in _dl2_imports(name) for n in names if n.startswith('_') and m != name]
     assert not private, f'dl2.{name} imports private names {private}'
 
-@pytest.mark.parametrize('name', sorted(LESSON - {'train', 'imports'}))
+@pytest.mark.parametrize('name', sorted(LESSON - {'train', 'imports', 'course'}))
 def test_lesson_modules_reach_the_speed_wing_through_one_name(name):
     "A lesson module hands its hot loop to the speed wing in one named call, and imports nothing else from it."
     speed = [(m, names) for m, names in _dl2_imports(name) if m in SPEED]

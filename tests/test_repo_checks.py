@@ -1,12 +1,13 @@
 "The repo checks that CI runs must fail when the repo is broken, and pass on the repo as committed."
-import json, shutil
+import json, shutil, subprocess
 from pathlib import Path
 import pytest
-from check_repo import ROOT, legacy_directives, export_drift
+from check_repo import ROOT, legacy_directives, export_drift, clean_drift, sidebar_drift, missing_kernelspec, readme_from_index
 
-def _nb(path, *sources):
-    cells = [dict(cell_type='code', source=s, metadata={}, outputs=[], execution_count=None) for s in sources]
-    path.write_text(json.dumps(dict(cells=cells, metadata={}, nbformat=4, nbformat_minor=5)))
+def _nb(path, *sources, metadata=None, cell_type='code'):
+    code = dict(outputs=[], execution_count=None) if cell_type == 'code' else {}
+    cells = [dict(cell_type=cell_type, id=f'c{i}', source=s, metadata={}, **code) for i, s in enumerate(sources)]
+    path.write_text(json.dumps(dict(cells=cells, metadata=metadata or {}, nbformat=4, nbformat_minor=5)))
 
 def test_legacy_directive_found(tmp_path):
     _nb(tmp_path/'a.ipynb', '#| export\ndef f(): pass', '#export\ndef g(): pass', '# hide\nx = 1', '#|hide\ny = 2')
@@ -26,7 +27,7 @@ def test_export_drift_detects_hand_edit(project_copy):
     assert export_drift(project_copy) == []
     core = project_copy/'dl2'/'core.py'
     core.write_text(core.read_text() + '\nhand_edit = 1\n')
-    assert export_drift(project_copy) == ['core.py']
+    assert export_drift(project_copy) == ['dl2/core.py']
     assert 'hand_edit' not in core.read_text()   # the export restored it
 
 def test_export_drift_detects_unexported_notebook_change(project_copy):
@@ -34,4 +35,40 @@ def test_export_drift_detects_unexported_notebook_change(project_copy):
     d = json.loads(nb.read_text())
     d['cells'].append(dict(cell_type='code', source='#| export\ndef brand_new(): "New." ', metadata={}, outputs=[], execution_count=None))
     nb.write_text(json.dumps(d))
-    assert export_drift(project_copy) == ['_modidx.py', 'core.py']
+    assert export_drift(project_copy) == ['dl2/_modidx.py', 'dl2/core.py']
+
+PY3 = {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}
+
+def test_clean_drift_detects_outputs(project_copy):
+    nb = project_copy/'nbs'/'00_core.ipynb'
+    subprocess.run(['nbdev_clean', '--fname', str(nb)], check=True)   # the repo's notebooks may wait for the lead's clean
+    assert 'nbs/00_core.ipynb' not in clean_drift(project_copy)
+    d = json.loads(nb.read_text())
+    code = next(c for c in d['cells'] if c['cell_type'] == 'code')
+    code['execution_count'], code['outputs'] = 3, [dict(output_type='stream', name='stdout', text='hi\n')]
+    nb.write_text(json.dumps(d))
+    assert 'nbs/00_core.ipynb' in clean_drift(project_copy)
+    assert clean_drift(project_copy) == []   # nbdev_clean has now cleaned everything
+
+def test_sidebar_drift_detects_a_missing_notebook(project_copy):
+    sidebar = project_copy/'nbs'/'sidebar.yml'
+    assert sidebar_drift(project_copy) == []
+    sidebar.write_text(sidebar.read_text().replace('      - 00_core.ipynb\n', ''))
+    assert sidebar_drift(project_copy) == ['nbs/sidebar.yml'] and '00_core.ipynb' in sidebar.read_text()
+
+def test_kernelspec_required_and_kept_by_nbdev_clean(tmp_path):
+    _nb(tmp_path/'none.ipynb', 'x = 1')
+    _nb(tmp_path/'r.ipynb', 'x = 1', metadata={'kernelspec': {'display_name': 'R', 'language': 'R', 'name': 'ir'}})
+    _nb(tmp_path/'py3.ipynb', 'x = 1', metadata={'kernelspec': {**PY3['kernelspec'], 'display_name': 'Python 3 (ipykernel)'}})
+    assert [nb.name for nb in missing_kernelspec(tmp_path)] == ['none.ipynb', 'r.ipynb']
+    subprocess.run(['nbdev_clean', '--fname', str(tmp_path/'py3.ipynb')], check=True)
+    assert json.loads((tmp_path/'py3.ipynb').read_text())['metadata'] == PY3
+
+def test_readme_from_index(tmp_path):
+    _nb(tmp_path/'index.ipynb', '# dl2\n\nIntro.\n', '## Use\n\n```bash\nbash tests/run.sh\n```', cell_type='markdown', metadata=PY3)
+    assert readme_from_index(tmp_path/'index.ipynb') == '# dl2\n\nIntro.\n\n## Use\n\n```bash\nbash tests/run.sh\n```\n'
+    _nb(tmp_path/'index.ipynb', '# dl2', 'print(1)', metadata=PY3)
+    with pytest.raises(ValueError, match='only markdown cells'): readme_from_index(tmp_path/'index.ipynb')
+
+def test_repo_readme_is_made_from_index():
+    assert (ROOT/'README.md').read_text() == readme_from_index(ROOT/'nbs'/'index.ipynb')
