@@ -89,6 +89,7 @@ def _as_stored(v, dtype):
 class RunningBatchNorm(nn.Module):
     "Lesson 11's running batch norm: normalises with running statistics in training too; any (N,C,...) input."
     kernel = True   # the default for modules pickled before `kernel` existed
+    sync = None     # or a sum over processes (09d_distributed): statistics of every process's batch
 
     def __init__(self, nf, mom=0.1, eps=1e-5, kernel=True):
         super().__init__()
@@ -151,13 +152,14 @@ def forward(self:RunningBatchNorm, x):
     _check_channels('RunningBatchNorm', x, self.nf)
     count, batch = self._counters()
     if not self.training: return self.normalize(x, self.means, self.vars.clamp_min(0.01 if batch < 20 else 0.))
-    bs, c = x.shape[0], x.numel() // self.nf
+    world = self.sync.world if self.sync else 1   # synchronised: the batch is every process's
+    bs, c = x.shape[0] * world, x.numel() // self.nf * world
     mom1 = 1 - (1 - self.mom) / math.sqrt(max(bs - 1, 1))
     count, batch = _as_stored(count*(1 - mom1) + mom1*c, self.count.dtype), batch + bs
     w2, min_var = mom1*c/count, 0.01 if batch < 20 else 0.
-    if self.kernel:
+    if self.kernel or self.sync:   # the lesson code does not synchronise: with `sync`, a route always runs
         route = None if self.kernel is True else self.kernel
-        y = running_bn_step(x, self.mults, self.adds, self.means, self.vars, self.eps, w2, min_var, route)
+        y = running_bn_step(x, self.mults, self.adds, self.means, self.vars, self.eps, w2, min_var, route, self.sync)
     else: y = self.normalize(x, *self.update_stats(x, w2, min_var))
     with torch.no_grad(): self.count.fill_(count); self.batch.fill_(batch)
     self._host = [count, batch]

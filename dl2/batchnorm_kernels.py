@@ -5,6 +5,7 @@ __all__ = ['running_bn_kernel', 'running_bn_route', 'running_bn_step']
 
 # %% ../nbs/07c_batchnorm_kernels.ipynb #12da46d5
 import functools, math
+from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from .kernels import load_cpp, load_triton, plain_layout, triton_available
@@ -33,15 +34,25 @@ def _batch_stats(x, dtype):
         if bool((var >= 0.01 * mean * mean).all()): return mean, var
     return torch.ops.aten.batch_norm_update_stats(x, None, None, 0.)
 
+def _updated_stats(means, vars, batch_mean, batch_var, w2, min_var, eps):
+    "The running statistics moved by `w2` towards the batch's: `means - batch_mean`, new means, new variances, and those floored plus eps."
+    diff = means - batch_mean
+    new_means = torch.lerp(means, batch_mean, w2)
+    raw_vars = torch.lerp(vars, batch_var, w2).addcmul_(diff, diff, value=(1-w2)*w2)
+    return diff, new_means, raw_vars, raw_vars.clamp_min(min_var).add_(eps)
+
+def _stat_grads(gm, ga, mults, invstd, diff, unclamped, w2, n):
+    "Per-channel `B` and `K` of the input gradient's part through the `n`-value batch statistics, `B*(x - batch mean) + K`."
+    d_var = -0.5 * gm * mults * invstd * invstd * unclamped
+    d_bmean = -w2 * ga * mults * invstd - 2*(1-w2)*w2*diff*d_var
+    return 2 * w2 * d_var / n, d_bmean / n
+
 class _RunningBNFunction(torch.autograd.Function):
     "Normalise `x` with running statistics updated by this batch; gradients flow through this batch's share `w2`."
     @staticmethod
     def forward(ctx, x, mults, adds, means, vars, eps, w2, min_var):
         batch_mean, batch_var = _batch_stats(x, means.dtype)
-        diff = means - batch_mean
-        new_means = torch.lerp(means, batch_mean, w2)
-        raw_vars = torch.lerp(vars, batch_var, w2).addcmul_(diff, diff, value=(1-w2)*w2)
-        vars_eps = raw_vars.clamp_min(min_var).add_(eps)
+        diff, new_means, raw_vars, vars_eps = _updated_stats(means, vars, batch_mean, batch_var, w2, min_var, eps)
         ctx.save_for_backward(x, mults, new_means, vars_eps, batch_mean, diff, raw_vars >= min_var if min_var > 0 else None)
         ctx.w2, ctx.clamped = w2, min_var > 0
         ctx.mark_non_differentiable(new_means, raw_vars)
@@ -55,10 +66,8 @@ class _RunningBNFunction(torch.autograd.Function):
         n, invstd = x.numel() // x.shape[1], vars_eps.rsqrt()
         if ctx.clamped:  # some channels may be clamped: frozen-statistics gradient plus explicit corrections
             gx, gm, ga = torch.ops.aten.native_batch_norm_backward(grad, x, mults, means, vars_eps, None, None, False, 0., [True, True, True])
-            d_var = -0.5 * gm * mults * invstd * invstd * unclamped
-            d_bmean = -w2 * ga * mults * invstd - 2*w1*w2*diff*d_var
-            coef_x = 2 * w2 * d_var / n
-            gx.addcmul_(x, _per_channel(coef_x, x).to(x.dtype)).add_(_per_channel(d_bmean/n - coef_x*batch_mean, x).to(gx.dtype))
+            coef_x, k = _stat_grads(gm, ga, mults, invstd, diff, unclamped, w2, n)
+            gx.addcmul_(x, _per_channel(coef_x, x).to(x.dtype)).add_(_per_channel(k - coef_x*batch_mean, x).to(gx.dtype))
             return gx, gm, ga, *[None]*5
         root_w2 = math.sqrt(w2)
         gx, gm, ga = torch.ops.aten.native_batch_norm_backward(grad, x, mults/root_w2, None, None, means, invstd*root_w2, True, 0., [True, True, True])
@@ -72,7 +81,7 @@ class _RunningBNFunction(torch.autograd.Function):
 @functools.lru_cache(maxsize=None)
 def running_bn_kernel():
     "dl2's C++ training step of `RunningBatchNorm` for float32 CPU inputs, built on first use; None where it cannot be."
-    return load_cpp('running_bn', ['running_bn'])
+    return load_cpp('running_bn', ['running_bn', 'running_bn_sums', 'running_bn_apply', 'running_bn_grad_sums', 'running_bn_grad_apply'])
 
 def _cpp_fits(x, means, mults):
     "Whether the C++ kernel takes input `x`: float32 on the CPU like the statistics, a plain layout, no autocast."
@@ -108,8 +117,83 @@ def running_bn_route(x, means, mults):
     if _triton_fits(x, means, mults) and triton_available(): return 'triton'
     return 'torch'
 
-def running_bn_step(x, mults, adds, means, vars, eps, w2, min_var, route=None):
-    "RunningBatchNorm's training step by `route` (default: the fastest for `x`); returns the output, updates `means`, `vars`."
+def running_bn_step(x, mults, adds, means, vars, eps, w2, min_var, route=None, sync=None):
+    "RunningBatchNorm's training step by `route` (default: the fastest for `x`), on the statistics of every process's batch if `sync` is given; returns the output, updates `means`, `vars`."
     route = route or running_bn_route(x, means, mults)
     if route not in _ROUTES: raise ValueError(f"running_bn_step: unknown route {route!r}; known: {sorted(_ROUTES)}")
-    return _ROUTES[route](x, mults, adds, means, vars, eps, w2, min_var)
+    if sync is None: return _ROUTES[route](x, mults, adds, means, vars, eps, w2, min_var)
+    return _SyncedStep.apply(x, mults, adds, means, vars, eps, w2, min_var, _sync_parts(route), sync)
+
+# %% ../nbs/07c_batchnorm_kernels.ipynb #c1075b95
+def _sums(x, means):
+    "Part 1 in PyTorch: per-channel sums of `x - means` and of its square, then the values per channel, in the statistics' dtype."
+    d = x.to(means.dtype) - _per_channel(means, x)
+    dims = (0,) + tuple(range(2, x.ndim))
+    n = torch.full((1,), x.numel() // x.shape[1], dtype=means.dtype, device=means.device)
+    return torch.cat([d.sum(dims), d.square().sum(dims), n])
+
+def _apply(x, sums, mults, adds, means, vars, eps, w2, min_var, n):
+    "Part 2: statistics from `sums` over `n` values per channel; running ones updated, the output, and the backward's table."
+    C = x.shape[1]
+    shifted_mean = sums[:C] / n
+    batch_mean, batch_var = means + shifted_mean, (sums[C:2*C] / n - shifted_mean * shifted_mean).clamp_min(0)
+    diff, new_means, raw_vars, vars_eps = _updated_stats(means, vars, batch_mean, batch_var, w2, min_var, eps)
+    means.copy_(new_means); vars.copy_(raw_vars)
+    y = F.batch_norm(x, new_means, vars_eps, mults, adds, False, 0., 0.)
+    return y, torch.stack([new_means, vars_eps, batch_mean, diff, (raw_vars >= min_var).to(means.dtype)])
+
+def _grad_sums(g, x, saved):
+    "Part 3: per-channel sums of the output gradient `g` and of `g*(x - batch mean)`."
+    dims = (0,) + tuple(range(2, x.ndim))
+    g = g.to(saved.dtype)
+    return torch.cat([g.sum(dims), (g * (x.to(saved.dtype) - _per_channel(saved[2], x))).sum(dims)])
+
+def _grad_apply(g, x, mults, saved, local, total, w2, n, need_gx):
+    "Part 4: gradients of `mults` and `adds` from this process's sums `local`, of the input (if `need_gx`) from every process's `total`."
+    new_means, vars_eps, batch_mean, diff, unclamped = saved
+    C, invstd = x.shape[1], vars_eps.rsqrt()
+    def param_grads(s): return (s[C:] + (batch_mean - new_means) * s[:C]) * invstd, s[:C]
+    (gm, ga), (gm_all, ga_all) = param_grads(local), param_grads(total)
+    if not need_gx: return None, gm, ga
+    coef_x, k = _stat_grads(gm_all, ga_all, mults, invstd, diff, unclamped, w2, n)
+    gx = g * _per_channel(mults * invstd, x) + (x - _per_channel(batch_mean, x)) * _per_channel(coef_x, x) + _per_channel(k, x)
+    return gx.to(x.dtype), gm, ga
+
+# %% ../nbs/07c_batchnorm_kernels.ipynb #e93430ce
+def _check_count(sums, n):
+    "Raise a clear error unless the summed count of `sums` is `n`: checked on the CPU only, where reading it costs nothing."
+    if sums.device.type == 'cpu' and abs(sums[-1].item() - n) > 1e-6 * n:
+        raise ValueError(f"RunningBatchNorm: synchronised statistics need batches of the same shape on every process; "
+                         f"the processes' batches hold {sums[-1].item():.0f} values per channel in all, not {n}")
+
+class _SyncedStep(torch.autograd.Function):
+    "The training step on every process's statistics: a route's four `parts`, their sums added up over the processes by `sync`."
+    @staticmethod
+    def forward(ctx, x, mults, adds, means, vars, eps, w2, min_var, parts, sync):
+        n = x.numel() // x.shape[1] * sync.world
+        sums = parts.sums(x, means)
+        sync(sums)
+        _check_count(sums, n)
+        y, saved = parts.apply(x, sums, mults, adds, means, vars, eps, w2, min_var, n)
+        ctx.save_for_backward(x, mults, saved)
+        ctx.parts, ctx.sync, ctx.w2, ctx.n = parts, sync, w2, n
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, mults, saved = ctx.saved_tensors
+        local = ctx.parts.grad_sums(g, x, saved)
+        total = local.clone()
+        ctx.sync(total)
+        gx, gm, ga = ctx.parts.grad_apply(g, x, mults, saved, local, total, ctx.w2, ctx.n, ctx.needs_input_grad[0])
+        return gx, gm, ga, *[None] * 7
+
+# %% ../nbs/07c_batchnorm_kernels.ipynb #19cffac0
+@functools.lru_cache(maxsize=None)
+def _sync_parts(route):
+    "The four parts of the step by `route`, for `_SyncedStep`."
+    if route == 'torch': return SimpleNamespace(sums=_sums, apply=_apply, grad_sums=_grad_sums, grad_apply=_grad_apply)
+    if route == 'triton': return load_triton().running_bn_sync_parts
+    k = running_bn_kernel()
+    return SimpleNamespace(sums=k.running_bn_sums, apply=k.running_bn_apply, grad_sums=k.running_bn_grad_sums, grad_apply=k.running_bn_grad_apply)

@@ -6,11 +6,12 @@ __all__ = ['DEFAULT_LRS', 'CHECKPOINT', 'METRICS', 'RUN_FILES', 'RUN_OPTIONS', '
            'resume_settings', 'Interrupted', 'save_plots', 'train', 'main']
 
 # %% ../nbs/11_train.ipynb #87ae81d2
-import argparse, contextlib, math, os, signal, sys, time
+import argparse, contextlib, math, os, signal, sys, time, warnings
 from functools import partial
 from pathlib import Path
 import torch
 import torch.nn.functional as F
+import torch.multiprocessing as mp
 import matplotlib.pyplot as plt
 from fastcore.imports import IN_IPYTHON
 from .core import *
@@ -27,6 +28,8 @@ from .schedules import Recorder, ParamScheduler, one_cycle
 from .lr_find import find_lr
 from .checkpoint import CheckpointCallback, ResumeCallback, SeedCallback, load_checkpoint, plain, seed_everything
 from .progress import ProgressCallback, CSVLogger
+from .distributed import (DistributedCallback, broadcast_state, broadcast_value, distributed, launch, launched, lost_peer,
+                             on_rank0, process_device, rank, rank0_first, rank_seed, world_size)
 try: import fcntl          # POSIX file locks: one run per output folder
 except ImportError: fcntl = None
 
@@ -77,7 +80,7 @@ def get_parser():
     p.add_argument('--norm', choices=('rbn', 'bn', 'none'), default='rbn', help='normalisation: RunningBatchNorm, BatchNorm, none')
     p.add_argument('--init', choices=('lsuv', 'kaiming'), default='lsuv', help='weight initialisation')
     p.add_argument('--epochs', type=_int_in(1, 10_000), default=14, help='epochs to train')
-    p.add_argument('--bs', type=_int_in(1, 65_536), default=256, help='batch size')
+    p.add_argument('--bs', type=_int_in(1, 65_536), default=256, help='batch size of a step, of all processes together')
     p.add_argument('--lr', type=_lr, default=None, help=f"peak learning rate of the one-cycle schedule, or 'find' for the LR finder's suggestion; default by optimizer: {DEFAULT_LRS}")
     p.add_argument('--nfs', type=_nfs, default=[32, 64, 128, 256], help='filters of the conv layers, comma separated')
     p.add_argument('--augment', choices=('auto',) + tuple(BATCH_AUGMENTS), default='auto',
@@ -90,6 +93,9 @@ def get_parser():
     p.add_argument('--overwrite', action='store_true', help='replace the outputs of another run in --out')
     p.add_argument('--subset', type=_int_in(1, 10**9), default=None, help='use N random images of each split (quick tests)')
     p.add_argument('--size', type=_int_in(8, 4096), default=None, help='image size for image folders; default: 28 for the MNISTs, 128 otherwise')
+    p.add_argument('--nproc', type=_int_in(1, 1024), default=1, help='processes on this machine training together (one per GPU, or sharing the CPU cores); with torchrun, leave it out')
+    p.add_argument('--sync-bn', action=argparse.BooleanOptionalAction, default=True,
+                   help='with several processes, normalise with the statistics of the whole batch (RunningBatchNorm; BatchNorm on GPUs)')
     return p
 
 # %% ../nbs/11_train.ipynb #cd58a106
@@ -142,7 +148,7 @@ def opt_func_for(name):
 # %% ../nbs/11_train.ipynb #e65f0853
 CHECKPOINT, METRICS = 'checkpoint.pth', 'metrics.csv'
 RUN_FILES = (CHECKPOINT, METRICS, 'loss.png', 'lr.png', 'lr_find.png')
-RUN_OPTIONS = ('dataset', 'opt', 'norm', 'init', 'bs', 'lr', 'nfs', 'augment', 'label_smoothing', 'seed', 'subset', 'size')
+RUN_OPTIONS = ('dataset', 'opt', 'norm', 'init', 'bs', 'lr', 'nfs', 'augment', 'label_smoothing', 'seed', 'subset', 'size', 'sync_bn')
 
 def _lock(out):
     "Hold an exclusive lock on `out` while the returned file stays open; a `UsageError` if another process holds it."
@@ -196,22 +202,11 @@ class Interrupted(Exception):
     "Training stopped early (Ctrl-C, SIGTERM, a closed output), after the checkpoint was saved."
     def __init__(self, why, ckpt, done): super().__init__(why); self.why, self.ckpt, self.done = why, ckpt, done
 
-def _no_signals():
-    "A context that defers SIGINT and SIGTERM while a checkpoint is written."
-    return _Deferred(signal.SIGINT, signal.SIGTERM)
-
-class _Deferred():
-    def __init__(self, *sigs): self.sigs = sigs
-    def __enter__(self): self.old = [signal.signal(s, signal.SIG_IGN) for s in self.sigs]
-    def __exit__(self, *args):
-        for s, h in zip(self.sigs, self.old): signal.signal(s, h)
-
-def _sigterm_as_interrupt(signum, frame): raise KeyboardInterrupt('SIGTERM')
-
 def _check_device(device):
     "Raise a `UsageError` unless `device` exists here."
     if device.type == 'cuda' and not torch.cuda.is_available(): raise UsageError("--device cuda: no CUDA device available")
     if device.type == 'mps' and not torch.backends.mps.is_available(): raise UsageError("--device mps: Apple MPS is not available")
+    if world_size() > 1 and device.type not in ('cpu', 'cuda'): raise UsageError(f"--device {device.type}: several processes train on CUDA GPUs or the CPU")
 
 def save_plots(recorder, out):
     "`loss.png` and `lr.png` from `recorder` in the folder `out`."
@@ -246,53 +241,64 @@ def _sigterm_interrupts():
 
 def _prepare_learner(args, given, out, log):
     "The `Learner` for `args`, its learning rate, and the epochs done and logs of the run it continues."
-    ckpt_path = out/CHECKPOINT
-    ckpt = None
-    if args.resume:
-        try: ckpt = load_checkpoint(ckpt_path)
-        except ValueError as e: raise UsageError(f'--resume: {e}') from None
-        resume_settings(args, given, ckpt, log)
-    device = default_device(args.device)
+    ckpt_path, ckpt = out/CHECKPOINT, None
+    device = process_device(args.device)
     _check_device(device)
-    seed_everything(args.seed)
-    if args.norm == 'rbn' and device.type == 'cpu': running_bn_kernel()   # compiled on a machine's first run, saying so
-    data = load_data(args, device)
+    with rank0_first():   # rank 0 reads the checkpoint, builds the kernel and caches the data; then the others
+        if args.resume:
+            try: ckpt = load_checkpoint(ckpt_path)
+            except ValueError as e: raise UsageError(f'--resume: {e}') from None
+            resume_settings(args, given, ckpt, log)
+        _check_bs(args.bs, world_size())
+        seed_everything(args.seed)
+        if args.norm == 'rbn' and device.type == 'cpu': running_bn_kernel()   # compiled on a machine's first run, saying so
+        data = load_data(args, device)
     model = make_model(data, args.nfs, args.norm).to(device)
-    if ckpt is None: init_model(model, args.init, next(iter(data.train_dl))[0])
+    if ckpt is None:   # LSUV on rank 0, its weights copied to the other processes
+        on_rank0(lambda: init_model(model, args.init, next(iter(data.train_dl))[0]))
+        broadcast_state(model)
     model = model.to(memory_format=torch.channels_last)   # oneDNN's and cuDNN's faster layout for convolutions
     learn = Learner(model, data, partial(F.cross_entropy, label_smoothing=args.label_smoothing),
                     opt_func=opt_func_for(args.opt), cbs=[DeviceCallback(device)])
     if ckpt is None:
         lr = args.lr or DEFAULT_LRS[args.opt]
-        return learn, (_find_lr(learn, out, log) if lr == 'find' else lr), 0, {}
-    try: learn.load(ckpt_path)
-    except ValueError as e: raise UsageError(f'--resume: {e}') from None
+        return learn, (broadcast_value(on_rank0(_find_lr, learn, out, log)) if lr == 'find' else lr), 0, {}
+    with rank0_first():
+        try: learn.load(ckpt_path)
+        except ValueError as e: raise UsageError(f'--resume: {e}') from None
     log(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}")
     return learn, ckpt['extra']['lr'], ckpt['epoch'], ckpt['logs']
 
+def _quiet(*args, **kwargs): pass
+
 def train(args, given=(), log=print):
-    "Train as `args` (from `get_parser`; `given`: the options written out) says; a dict with the final metrics."
-    out = Path(args.out)
-    lock = prepare_out(out, args.resume, args.overwrite)
+    "Train as `args` (from `get_parser`; `given`: the options written out) says, on every process of a group if in one; a dict with the final metrics."
+    out, lead = Path(args.out), rank() == 0
+    log = log if lead else _quiet   # rank 0 speaks for all
+    lock = on_rank0(prepare_out, out, args.resume, args.overwrite)
     learn, lr, done, logs = _prepare_learner(args, set(given), out, log)
     learn.lr, run = lr, plain(vars(args))
     ckpt_path = out/CHECKPOINT
-    if not done: learn.save(ckpt_path, epoch=0, lr=lr, args=run)   # resumable from the first second
+    if not done: on_rank0(learn.save, ckpt_path, epoch=0, lr=lr, args=run)   # resumable from the first second
     learn.add_cbs([AvgStatsCallback(accuracy), Recorder(), ProgressCallback(), ParamScheduler('lr', one_cycle(lr)),
-                   SeedCallback(args.seed), CheckpointCallback(ckpt_path, lr=lr, args=run), CSVLogger(out/METRICS)])
+                   SeedCallback(rank_seed(args.seed)), CheckpointCallback(ckpt_path, lr=lr, args=run), CSVLogger(out/METRICS)])
+    if launched(): learn.add_cb(DistributedCallback(args.sync_bn, seed=args.seed))   # also a group of one: its data order
     start = time.time()
     try:
         with _sigterm_interrupts(): learn.fit(args.epochs, cbs=ResumeCallback(done, logs))
     except (KeyboardInterrupt, BrokenPipeError) as e:
         why = 'the output was closed' if isinstance(e, BrokenPipeError) else 'interrupted'
         raise Interrupted(why, ckpt_path, len(learn.avg_stats.history)) from None
+    except Exception as e:
+        if not lost_peer(e): raise
+        raise Interrupted('another process stopped', ckpt_path, len(learn.avg_stats.history)) from None
     history = learn.avg_stats.history
     res = dict(valid_accuracy=history[-1]['valid_accuracy'] if history else None, epochs=len(history),
                time=time.time() - start, out=out, lr=lr)
     try:
         with _sigterm_interrupts():
-            if learn.recorder.losses: save_plots(learn.recorder, out)
-            if _uses_flips(learn.data.augment): res['tta_accuracy'] = tta_accuracy(learn.model, learn.data.valid_dl)
+            if lead and learn.recorder.losses: save_plots(learn.recorder, out)
+            if lead and _uses_flips(learn.data.augment): res['tta_accuracy'] = tta_accuracy(learn.model, learn.data.valid_dl)
     except KeyboardInterrupt: raise Interrupted('interrupted after training had finished', ckpt_path, len(history)) from None
     lock and lock.close()
     return res
@@ -303,27 +309,55 @@ def _quiet_stdout():
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, sys.stdout.fileno())
 
+_EXIT = {'the output was closed': 141, 'another process stopped': 143}   # else 130: interrupted
+
+def _check_bs(bs, n):
+    "Raise a `UsageError` unless the batch size `bs` splits evenly over `n` processes."
+    if bs % n: raise UsageError(f'--bs {bs} does not split evenly over {n} processes')
+
+def _check_nproc(args):
+    "Raise a `UsageError` unless `--nproc` processes can start here."
+    if launched(): raise UsageError('--nproc: this process was started by a launcher (torchrun) already; leave --nproc out')
+    device = default_device(args.device)
+    if device.type == 'cuda' and args.nproc > torch.cuda.device_count():
+        raise UsageError(f'--nproc {args.nproc}: one process per GPU, and there are {torch.cuda.device_count()}')
+    if device.type not in ('cpu', 'cuda'): raise UsageError(f'--nproc: several processes train on CUDA GPUs or the CPU, not {device.type}')
+    if not args.resume: _check_bs(args.bs, args.nproc)   # resuming, the run's own batch size is checked by the processes
+
 def main(argv=None):
-    "Entry point of `dl2_train`: parse `argv` (default: the command line), train, return the exit code."
-    argv = sys.argv[1:] if argv is None else list(argv)
+    "Entry point of `dl2_train`: parse `argv` (default: the command line), train (on `--nproc` processes), return the exit code."
+    command, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     parser = get_parser()
     args = parser.parse_args(argv)
-    try: res = train(args, given_options(argv))
+    lead = int(os.environ.get('RANK', 0)) == 0
+    say = partial(print, file=sys.stderr) if lead else _quiet   # rank 0 speaks for all
+    if not lead: warnings.simplefilter('ignore')                 # the same warnings as rank 0's
+    try:
+        if args.nproc > 1 and os.environ.get('LOCAL_WORLD_SIZE') != str(args.nproc):   # not yet one of the N processes
+            _check_nproc(args)
+            # forking spares each process the imports, but is safe on the CPU only before any tensor work (OpenMP's threads
+            # do not survive it): so only as the command itself
+            fork = command and default_device(args.device).type == 'cpu' and 'fork' in mp.get_all_start_methods()
+            return launch(main, args.nproc, argv, start_method='fork' if fork else 'spawn', prog=parser.prog)
+        with distributed(args.device): res = train(args, given_options(argv))
     except Interrupted as e:
         if e.why == 'the output was closed': _quiet_stdout()
-        print(f'\n{parser.prog}: {e.why}; the checkpoint in {e.ckpt} holds {e.done} finished epoch(s): continue with --resume',
-              file=sys.stderr)
-        return 141 if e.why == 'the output was closed' else 130
+        say(f'\n{parser.prog}: {e.why}; the checkpoint in {e.ckpt} holds {e.done} finished epoch(s): continue with --resume')
+        return _EXIT.get(e.why, 130)
     except KeyboardInterrupt:
-        print(f'\n{parser.prog}: interrupted before training started: nothing to continue', file=sys.stderr)
+        say(f'\n{parser.prog}: interrupted before training started: nothing to continue')
         return 130
     except UsageError as e:
-        print(f'{parser.prog}: error: {e}', file=sys.stderr)
+        say(f'{parser.prog}: error: {e}')
         return 2
     except OSError as e:
-        print(f'{parser.prog}: error: {e}', file=sys.stderr)
+        say(f'{parser.prog}: error: {e}')
         return 1
-    if res['valid_accuracy'] is not None:
+    except Exception as e:
+        if not lost_peer(e): raise
+        say(f'{parser.prog}: another process stopped before training started')
+        return 143
+    if lead and res['valid_accuracy'] is not None:
         tta = f" ({res['tta_accuracy']:.4f} averaged with mirror images)" if 'tta_accuracy' in res else ''
         print(f"final validation accuracy: {res['valid_accuracy']:.4f}{tta} after {res['epochs']} epochs "
               f"({res['time']:.1f}s of training); outputs in {res['out']}")

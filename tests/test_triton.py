@@ -7,7 +7,7 @@ Triton reads TRITON_INTERPRET when it decorates a kernel, i.e. when `dl2.triton_
 file sets the variable before that import, and imports the module anew if something imported it earlier without the
 variable. With a GPU and no variable, the same tests run the compiled kernels on CUDA tensors.
 """
-import contextlib, importlib, os, subprocess, sys
+import contextlib, importlib, os, subprocess, sys, threading
 from pathlib import Path
 import pytest, torch
 
@@ -19,7 +19,7 @@ DEVICE = 'cpu' if tk._INTERPRET else 'cuda'
 
 # ---- dl2's PyTorch reference code: one helper per kernel, the only place that names dl2's modules
 from dl2.batchnorm import RunningBatchNorm
-from dl2.batchnorm_kernels import _RunningBNFunction
+from dl2.batchnorm_kernels import _RunningBNFunction, running_bn_step
 from dl2.optimizers import StatefulOptimizer, adam_stats, lamb_step, lamb
 
 def bn_reference(x, mults, adds, means, vars, eps, w2, min_var, g):
@@ -120,6 +120,55 @@ def test_rbn_training_steps():
             y.backward(g.to(xi.device, dt))
             outs.append([y, xi.grad, m.mults.grad, m.adds.grad, m.means, m.vars, m.count])
         for name, a, b in zip(['y', 'dx', 'dmults', 'dadds', 'means', 'vars', 'count'], outs[1], outs[0]): assert_near(a, b, 1e-5, f'batch of {bs}: {name}')
+
+class ThreadSum:
+    "A `sync` for `world` threads standing in for processes: each call waits for all of them, then each gets the sum. The threads\
+ take turns outside the calls (`turn`), as Triton's interpreter is not thread-safe."
+    def __init__(self, world): self.world, self.barrier, self.parts, self.turn = world, threading.Barrier(world), {}, threading.Lock()
+    def __call__(self, t):
+        self.parts[threading.get_ident()] = t.clone()
+        self.turn.release()
+        try:
+            self.barrier.wait()
+            total = sum(self.parts.values())
+            self.barrier.wait()
+        finally: self.turn.acquire()
+        t.copy_(total)
+
+def synced_triton_step(c, world):
+    "Case `c`'s batch split over `world` threads standing in for processes, each doing a synchronised 'triton' step of its slice."
+    sync, res = ThreadSum(world), [None] * world
+    def run(rank):
+        with sync.turn:
+            try:
+                x, g = c['x'].chunk(world)[rank].to(DEVICE).requires_grad_(), c['g'].chunk(world)[rank].to(DEVICE)
+                mults, adds = [t.to(DEVICE, copy=True).requires_grad_() for t in (c['mults'], c['adds'])]   # each process's copy
+                means, vars = c['means'].to(DEVICE, copy=True), c['vars'].to(DEVICE, copy=True)
+                y = running_bn_step(x, mults, adds, means, vars, torch.tensor(c['eps'], device=DEVICE), c['w2'], c['min_var'], 'triton', sync)
+                y.backward(g)
+                res[rank] = dict(y=y, dx=x.grad, means=means, vars=vars, dmults=mults.grad, dadds=adds.grad)
+            except Exception as e: res[rank] = e; sync.barrier.abort()
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    for r in res:
+        if isinstance(r, Exception) and not isinstance(r, threading.BrokenBarrierError): raise r
+    return res
+
+@pytest.mark.parametrize('shape, dtype, channels_last, min_var, world', [
+    ((4, 3, 5, 6), torch.float32, False, 0., 2), ((4, 7, 5, 3), torch.float32, True, 0., 2), ((6, 7), torch.float32, False, 0., 3),
+    ((6, 7, 2, 2), torch.float32, False, 0.3, 2), ((4, 7, 5, 3), torch.bfloat16, True, 0., 2)],
+    ids=['rank4', 'channels-last', 'rank2-world3', 'clamp', 'bf16'])
+def test_rbn_synchronised(shape, dtype, channels_last, min_var, world):
+    "The step in four parts with sums over threads standing in for processes, each with a slice of the batch: the whole batch's step."
+    c = rbn_case(shape, dtype, channels_last, mean=1., min_var=min_var, w2=0.5)
+    ref, parts = bn_reference(**c), synced_triton_step(c, world)
+    for k in ('y', 'dx'):
+        assert all(p[k].dtype == dtype and p[k].stride() == c['x'].chunk(world)[0].stride() for p in parts), k
+        assert_near(torch.cat([p[k] for p in parts]), ref[k], TOL[dtype], k)
+    for k in ('dmults', 'dadds'): assert_near(sum(p[k] for p in parts), ref[k], TOL[torch.float32], k)   # data parallelism adds them up
+    for p in parts:
+        for k in ('means', 'vars'): assert_near(p[k], ref[k], TOL[torch.float32], k)
 
 def test_rbn_without_input_grad():
     "When x needs no gradient, the backward still gives the parameters theirs."

@@ -45,6 +45,10 @@ def main():
         mults = torch.ones(C, requires_grad=True)
         y = tk.running_bn_triton(x.requires_grad_(), mults, torch.zeros(C), torch.zeros(C), torch.ones(C), torch.tensor(1e-5), 0.1, 0.01)
         y.backward(torch.ones_like(y))
+        P, x, n = tk.running_bn_sync_parts, x.detach(), 2 * x.numel() // C   # the synchronised step's four parts
+        y, saved = P.apply(x, P.sums(x, torch.zeros(C)), mults.detach(), torch.zeros(C), torch.zeros(C), torch.ones(C), torch.tensor(1e-5), 0.1, 0.01, n)
+        local = P.grad_sums(torch.ones_like(y), x, saved)
+        P.grad_apply(torch.ones_like(y), x, mults.detach(), saved, local, local.clone(), 0.1, n, True)
     ps = [torch.randn(5000), torch.randn(3, 4)]
     tk.lamb_triton_(ps, [torch.randn_like(p) for p in ps], [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps],
                     torch.ones(2), 0.01, 0.9, 0.99, 1e-6, 0.01)
