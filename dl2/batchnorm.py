@@ -146,12 +146,13 @@ def normalize(self:RunningBatchNorm, x, means, vars):
     shape = _channel_shape(x)
     return x * factor.view(shape).to(x.dtype) + offset.view(shape).to(x.dtype)
 
-# %% ../nbs/07_batchnorm.ipynb #e0688339
+# %% ../nbs/07_batchnorm.ipynb #99e294ef
 @patch
 def forward(self:RunningBatchNorm, x):
     _check_channels('RunningBatchNorm', x, self.nf)
     count, batch = self._counters()
     if not self.training: return self.normalize(x, self.means, self.vars.clamp_min(0.01 if batch < 20 else 0.))
+    if not x.numel(): raise ValueError(f"RunningBatchNorm: an empty batch {tuple(x.shape)} in training has no statistics to update")
     world = self.sync.world if self.sync else 1   # synchronised: the batch is every process's
     bs, c = x.shape[0] * world, x.numel() // self.nf * world
     mom1 = 1 - (1 - self.mom) / math.sqrt(max(bs - 1, 1))
