@@ -2,10 +2,10 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_LRS', 'CHECKPOINT', 'METRICS', 'RUN_FILES', 'RUN_OPTIONS', 'get_parser', 'UsageError', 'augment_for',
-           'load_data', 'conv_for', 'make_model', 'init_model', 'opt_func_for', 'prepare_out', 'given_options',
-           'resume_settings', 'Interrupted', 'save_plots', 'train', 'main']
+           'load_data', 'conv_for', 'make_model', 'for_device', 'init_model', 'opt_func_for', 'prepare_out',
+           'given_options', 'resume_settings', 'Interrupted', 'save_plots', 'train', 'main']
 
-# %% ../nbs/11_train.ipynb #87ae81d2
+# %% ../nbs/11_train.ipynb #373af922
 import argparse, contextlib, math, os, signal, sys, time, warnings
 from functools import partial
 from pathlib import Path
@@ -17,7 +17,7 @@ from fastcore.imports import IN_IPYTHON
 from .core import *
 from .data_block import DATASETS, dataset_folder, image_databunch
 from .augmentation import BATCH_AUGMENTS, FlipShift, batch_augment, tta_accuracy
-from .cnn import conv_layer, get_cnn_model, init_cnn, default_device, DeviceCallback
+from .cnn import conv_layer, get_cnn_model, get_resnet, init_cnn, default_device, AutocastCallback, DeviceCallback
 from .batchnorm import conv_rbn
 from .batchnorm_kernels import running_bn_kernel
 from .lsuv import lsuv_init
@@ -33,7 +33,7 @@ from .distributed import (DistributedCallback, broadcast_state, broadcast_value,
 try: import fcntl          # POSIX file locks: one run per output folder
 except ImportError: fcntl = None
 
-# %% ../nbs/11_train.ipynb #82cd73e0
+# %% ../nbs/11_train.ipynb #f3e2c654
 DEFAULT_LRS = dict(adam=3e-3, lamb=1e-2, sgd=0.1)
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +83,10 @@ def get_parser():
     p.add_argument('--bs', type=_int_in(1, 65_536), default=256, help='batch size of a step, of all processes together')
     p.add_argument('--lr', type=_lr, default=None, help=f"peak learning rate of the one-cycle schedule, or 'find' for the LR finder's suggestion; default by optimizer: {DEFAULT_LRS}")
     p.add_argument('--nfs', type=_nfs, default=[32, 64, 128, 256], help='filters of the conv layers, comma separated')
+    p.add_argument('--model', choices=('auto', 'cnn', 'resnet'), default='auto',
+                   help="the lesson's CNN, or a small ResNet of the lesson's layers (2 convs per width); auto: resnet on CUDA, cnn elsewhere")
+    p.add_argument('--precision', choices=('auto', 'fp32', 'bf16'), default='auto',
+                   help='bf16: forward passes under bfloat16 autocast (weights and optimizer stay fp32); auto: bf16 on CUDA, fp32 elsewhere')
     p.add_argument('--augment', choices=('auto',) + tuple(BATCH_AUGMENTS), default='auto',
                    help="batch augmentation of the training images (see 10_augmentation); auto: flips and 1-pixel shifts for fashion-mnist, 2-pixel shifts for mnist, affine otherwise")
     p.add_argument('--label-smoothing', type=_smoothing, default=0.1, help='label smoothing of the cross-entropy loss, in [0, 1)')
@@ -121,16 +125,25 @@ def load_data(args, device):
     data.augment = augment
     return data
 
-# %% ../nbs/11_train.ipynb #30c16164
+# %% ../nbs/11_train.ipynb #fd456373
 def conv_for(norm):
     "The conv-layer function for `norm` ('rbn', 'bn' or 'none'), all with the `conv_layer` signature."
     if norm == 'rbn': return conv_rbn
     if norm in ('bn', 'none'): return partial(conv_layer, bn=norm == 'bn')
     raise ValueError(f"unknown normalisation {norm!r}")
 
-def make_model(data, nfs, norm):
-    "The lesson's CNN for `data` with conv filters `nfs` and normalisation `norm`."
+def make_model(data, nfs, norm, arch='cnn'):
+    "The lesson's CNN (or with `arch='resnet'` a small ResNet of its layers) for `data`, conv filters `nfs`, normalisation `norm`."
+    if arch == 'resnet': return get_resnet(data, nfs, conv_for(norm), leak=0.1)
+    if arch != 'cnn': raise ValueError(f"unknown model {arch!r}")
     return get_cnn_model(data, nfs, conv_for(norm), leak=0.1)
+
+def for_device(args, device):
+    "`args` with `--model` and `--precision` 'auto' made concrete: a ResNet in bf16 on CUDA, the lesson's CNN in fp32 elsewhere."
+    cuda = device.type == 'cuda'
+    if args.model == 'auto': args.model = 'resnet' if cuda else 'cnn'
+    if args.precision == 'auto': args.precision = 'bf16' if cuda else 'fp32'
+    return args
 
 def init_model(model, init, xb):
     "Initialise `model` with 'kaiming' (`init_cnn`) or 'lsuv' (`init_cnn` then LSUV on the batch `xb`)."
@@ -145,10 +158,10 @@ def opt_func_for(name):
     if name == 'sgd': return partial(sgd_mom_opt, wd=1e-4)
     raise ValueError(f"unknown optimizer {name!r}")
 
-# %% ../nbs/11_train.ipynb #e65f0853
+# %% ../nbs/11_train.ipynb #b10d61a5
 CHECKPOINT, METRICS = 'checkpoint.pth', 'metrics.csv'
 RUN_FILES = (CHECKPOINT, METRICS, 'loss.png', 'lr.png', 'lr_find.png')
-RUN_OPTIONS = ('dataset', 'opt', 'norm', 'init', 'bs', 'lr', 'nfs', 'augment', 'label_smoothing', 'seed', 'subset', 'size', 'sync_bn')
+RUN_OPTIONS = ('dataset', 'opt', 'norm', 'init', 'bs', 'lr', 'nfs', 'model', 'precision', 'augment', 'label_smoothing', 'seed', 'subset', 'size', 'sync_bn')
 
 def _lock(out):
     "Hold an exclusive lock on `out` while the returned file stays open; a `UsageError` if another process holds it."
@@ -197,7 +210,7 @@ def resume_settings(args, given, ckpt, log=print):
         log(f"resuming a run of {saved['epochs']} epochs as one of {args.epochs}: its schedule is stretched to fit")
     return args
 
-# %% ../nbs/11_train.ipynb #460809b9
+# %% ../nbs/11_train.ipynb #86dac82f
 class Interrupted(Exception):
     "Training stopped early (Ctrl-C, SIGTERM, a closed output), after the checkpoint was saved."
     def __init__(self, why, ckpt, done): super().__init__(why); self.why, self.ckpt, self.done = why, ckpt, done
@@ -250,16 +263,17 @@ def _prepare_learner(args, given, out, log):
             except ValueError as e: raise UsageError(f'--resume: {e}') from None
             resume_settings(args, given, ckpt, log)
         _check_bs(args.bs, world_size())
+        for_device(args, device)   # before the run's settings are saved: a resumed run keeps its model anywhere
         seed_everything(args.seed)
         if args.norm == 'rbn' and device.type == 'cpu': running_bn_kernel()   # compiled on a machine's first run, saying so
         data = load_data(args, device)
-    model = make_model(data, args.nfs, args.norm).to(device)
+    model = make_model(data, args.nfs, args.norm, args.model).to(device)
     if ckpt is None:   # LSUV on rank 0, its weights copied to the other processes
         on_rank0(lambda: init_model(model, args.init, next(iter(data.train_dl))[0]))
         broadcast_state(model)
     model = model.to(memory_format=torch.channels_last)   # oneDNN's and cuDNN's faster layout for convolutions
     learn = Learner(model, data, partial(F.cross_entropy, label_smoothing=args.label_smoothing),
-                    opt_func=opt_func_for(args.opt), cbs=[DeviceCallback(device)])
+                    opt_func=opt_func_for(args.opt), cbs=[DeviceCallback(device)] + [AutocastCallback()] * (args.precision == 'bf16'))
     if ckpt is None:
         lr = args.lr or DEFAULT_LRS[args.opt]
         return learn, (broadcast_value(on_rank0(_find_lr, learn, out, log)) if lr == 'find' else lr), 0, {}
