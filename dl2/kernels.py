@@ -60,16 +60,17 @@ def load_cpp(name, functions=()):
         warnings.warn(f"dl2: could not build the C++ kernel {name!r}, so plain PyTorch code runs instead ({cause})")
         return None
 
-# %% ../nbs/07b_kernels.ipynb #65f19164
+# %% ../nbs/07b_kernels.ipynb #151413de
 def triton_interpreting():
     "Whether Triton's interpreter is on (`TRITON_INTERPRET=1`): kernels then run on CPU tensors."
     return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
 
 def triton_available():
-    "Whether dl2's Triton kernels can run here: Triton imports, and there is a CUDA GPU or the interpreter is on."
+    "Whether dl2's Triton kernels can run here: there is a CUDA GPU or the interpreter is on, and Triton imports."
+    if not (torch.cuda.is_available() or triton_interpreting()): return False   # then leave Triton unimported (see above)
     try: import triton  # noqa: F401
     except Exception: return False
-    return torch.cuda.is_available() or triton_interpreting()
+    return True
 
 def load_triton():
     "`dl2.triton_kernels`, imported on first use (Triton compiles its kernels then), or None where they cannot run."
