@@ -3,8 +3,8 @@
 RunningBatchNorm, forward+backward in training mode, float32 and bfloat16 inputs: `running_bn_triton` against
 `nn.BatchNorm2d` (cuDNN), against dl2's PyTorch path (`_RunningBNFunction`, what a GPU runs without these kernels) and
 against that path under `torch.compile` (its compile time printed apart, not in the timings).
-LAMB, one step over resnet18's parameters: `lamb_triton_` against `torch.optim.AdamW(fused=True)` and dl2's `FusedLAMB`
-(on a GPU, PyTorch's fused AdamW on a copy of the weights and `_foreach_` operations).
+LAMB, one step over resnet18's parameters: `lamb_triton_` against `torch.optim.AdamW(fused=True)` and dl2's `lamb` by
+the route a GPU takes without Triton (PyTorch's fused AdamW on a copy of the weights and `_foreach_` operations).
 
     python benchmarks/bench_triton.py --device cuda
     python benchmarks/bench_triton.py --device cpu --dry-run   # each case once, tiny, under Triton's interpreter
@@ -44,7 +44,7 @@ def time_all(fns, reps, warmup, sync):
 def rbn_contenders(torch, tk, shape, dtype, device):
     "Forward+backward callables on one input `x` of `shape`, each contender with its own parameters; and compile seconds."
     from torch import nn
-    from dl2.batchnorm import _RunningBNFunction
+    from dl2.batchnorm_kernels import _RunningBNFunction
     C = shape[1]
     x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
     g = torch.randn_like(x)
@@ -73,19 +73,20 @@ def rbn_contenders(torch, tk, shape, dtype, device):
 
 def lamb_contenders(torch, tk, params):
     "One-step callables of each optimizer, each over its own copy of `params` with fixed random gradients."
-    from dl2.optimizers import FusedLAMB
+    from dl2.optimizers import lamb
     def copies():
         ps = [p.detach().clone().requires_grad_() for p in params]
         for p in ps: p.grad = torch.randn_like(p)
         return ps
     adamw = torch.optim.AdamW(copies(), lr=LAMB['lr'], weight_decay=LAMB['wd'], eps=LAMB['eps'], betas=(LAMB['mom'], LAMB['sqr_mom']), fused=True)
-    fused_lamb = FusedLAMB(copies(), **LAMB)
+    adamw_copy = lamb(copies(), **LAMB)
+    adamw_copy.fused = 'adamw_copy'   # dl2's LAMB route where there is no Triton: PyTorch's fused AdamW on a copy
     ps = copies()
     state, steps = [[torch.zeros_like(p) for p in ps] for _ in range(2)], torch.zeros(len(ps), device=ps[0].device)
     def triton_step():
         steps.add_(1)
         tk.lamb_triton_(ps, [p.grad for p in ps], *state, steps, **LAMB)
-    return {'AdamW fused': adamw.step, 'FusedLAMB': fused_lamb.step, 'Triton': triton_step}
+    return {'AdamW fused': adamw.step, 'lamb (AdamW on a copy)': adamw_copy.step, 'Triton': triton_step}
 
 def main():
     args = parse_args()

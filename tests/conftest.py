@@ -1,7 +1,12 @@
 "Fixtures shared by the test modules."
-import shutil, subprocess
+import os, shutil, subprocess
 from pathlib import Path
 import pytest
+import torch
+# Without a GPU, dl2's Triton kernels are tested in Triton's interpreter (tests/test_triton.py). Triton fixes that choice
+# when it is first imported, and importing torch.distributed (dl2.distributed) already imports it: so the choice is made
+# here, before any test module is collected.
+if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')
 import torch.utils.cpp_extension
 from dl2.batchnorm_kernels import running_bn_kernel
 from dl2.fused_optimizers import lamb_kernel

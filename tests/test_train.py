@@ -122,7 +122,7 @@ def test_out_folder_is_protected(tmp_path):
 
 def test_two_runs_in_one_folder(tmp_path):
     out = tmp_path/'run'
-    p = start(*SMALL, '--epochs', '50', '--out', str(out))
+    p = start(*SMALL, '--epochs', '10000', '--out', str(out))   # still training when the second run starts, however slow the machine
     try:
         assert p.stdout.readline()
         r = run(*SMALL, '--epochs', '1', '--out', str(out), '--overwrite')
