@@ -64,7 +64,7 @@ class CudaCallback(DeviceCallback):
         super().__init__(device)
         if device is None and self.device.type != 'cuda': _no_cuda_note(str(self.device))
 
-# %% ../nbs/90_course.ipynb #08ea09ab
+# %% ../nbs/90_course.ipynb #ff7b1a61
 class Runner():
     "Lesson 10's `Runner` as an adapter: callbacks made once from `cbs` and `cb_funcs`; `fit(epochs, learn)` runs `learn.fit` with them."
     ALL_CBS = Learner.ALL_CBS
@@ -74,9 +74,10 @@ class Runner():
         self.learn, self.in_train = learn, False
 
     def fit(self, epochs, learn):
-        "Train `learn`, a dl2 `Learner`, for `epochs` epochs with this runner's callbacks."
+        "Train `learn`, a dl2 `Learner`, for `epochs` epochs with this runner's callbacks; a diverged run is reported, not raised."
         self.learn = learn
-        learn.fit(epochs, cbs=self.cbs)
+        try: learn.fit(epochs, cbs=self.cbs)
+        except TrainingDiverged as e: print(e)   # the course printed NaN losses and went on: its cells expect no error
 
     __call__ = Learner.__call__   # `run('begin_batch')`: this runner's callbacks, in `_order`
 
