@@ -142,12 +142,16 @@ def test_nproc_end_to_end(tmp_path):
     assert p.returncode == 0 and 'after epoch 1' in stdout, err
     assert [r['epoch'] for r in csv.DictReader(open(out/'metrics.csv'))] == ['0', '1']
 
-def test_ctrl_c_stops_every_process(tmp_path):
-    "Ctrl-C to the launcher: every process stops, one message, exit code 130, a checkpoint that resumes."
+def long_run(tmp_path):
+    "A 100-epoch `--nproc 2` run, once its first epoch is saved: its output folder, launcher process and worker pids."
     out = tmp_path/'run'
     p = cli('--nproc', '2', *SMALL, '--epochs', '100', '--out', str(out))
     wait_for_epoch(out, 1, p)
-    pids = workers(p.pid)
+    return out, p, workers(p.pid)
+
+def test_ctrl_c_stops_every_process(tmp_path):
+    "Ctrl-C to the launcher: every process stops, one message, exit code 130, a checkpoint that resumes."
+    out, p, pids = long_run(tmp_path)
     p.send_signal(signal.SIGINT)
     stdout, err = finish(p, 120)
     assert p.returncode == 130 and 'Traceback' not in err and err.count('continue with --resume') == 1, err
@@ -156,10 +160,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
 
 def test_killed_process_stops_the_others(tmp_path):
     "A process killed (as by the out-of-memory killer): the other stops too, the launcher says which died, the checkpoint stays."
-    out = tmp_path/'run'
-    p = cli('--nproc', '2', *SMALL, '--epochs', '100', '--out', str(out))
-    wait_for_epoch(out, 1, p)
-    pids = workers(p.pid)
+    out, p, pids = long_run(tmp_path)
     os.kill(pids[1], signal.SIGKILL)
     _, err = finish(p, 120)
     assert p.returncode == 128 + signal.SIGKILL and 'process 1 was killed by SIGKILL' in err and 'Traceback' not in err, err

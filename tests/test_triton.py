@@ -1,20 +1,17 @@
 """`dl2.triton_kernels` against dl2's PyTorch code: outputs, gradients, statistics and LAMB steps; no host sync; sm_90 builds.
 
-    python -m pytest -q tests/test_triton.py                     # no GPU: this file turns Triton's CPU interpreter on
+    python -m pytest -q tests/test_triton.py                     # no GPU: conftest.py turns Triton's CPU interpreter on
     TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py  # the interpreter, even where there is a GPU
 
-Triton reads TRITON_INTERPRET when it decorates a kernel, i.e. when `dl2.triton_kernels` is imported: without a GPU this
-file sets the variable before that import, and imports the module anew if something imported it earlier without the
-variable. With a GPU and no variable, the same tests run the compiled kernels on CUDA tensors.
+Triton reads TRITON_INTERPRET when it is first imported: without a GPU, `conftest.py` sets the variable before any test
+module is collected. With a GPU and no variable, the same tests run the compiled kernels on CUDA tensors.
 """
 import contextlib, importlib, os, subprocess, sys, threading
 from pathlib import Path
 import pytest, torch
 
-if not torch.cuda.is_available(): os.environ['TRITON_INTERPRET'] = '1'
 pytest.importorskip('triton')
 tk = importlib.import_module('dl2.triton_kernels')
-if not torch.cuda.is_available() and not tk._INTERPRET: tk = importlib.reload(tk)   # imported before the variable was set
 DEVICE = 'cpu' if tk._INTERPRET else 'cuda'
 
 # ---- dl2's PyTorch reference code: one helper per kernel, the only place that names dl2's modules
