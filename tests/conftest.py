@@ -1,8 +1,9 @@
 "Fixtures shared by the test modules."
-import os, shutil, subprocess
+import os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
+sys.path.insert(0, str(Path(__file__).parent/'tools'))   # the maintenance scripts, importable by the tests of them
 # Without a GPU, dl2's Triton kernels are tested in Triton's interpreter (tests/test_triton.py). Triton fixes that choice
 # when it is first imported, and importing torch.distributed (dl2.distributed) already imports it: so the choice is made
 # here, before any test module is collected.

@@ -12,7 +12,7 @@ step() { echo "run.sh: $*" >&2; }
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 step "repo checks (nbdev_export, nbdev_clean and nbdev_sidebar change nothing; kernelspecs; README.md from index.ipynb)"
-python tests/check_repo.py
+python tests/tools/check_repo.py
 # nbdev_proc_nbs is this after a check for Quarto that would install it (with sudo); processing needs no Quarto.
 step "processing the notebooks for the docs, as nbdev_proc_nbs does"
 python -c 'from nbdev.serve import proc_nbs; proc_nbs()'

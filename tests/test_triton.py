@@ -270,7 +270,7 @@ def run_python(*args):
 def test_compiles_for_h100():
     "Every kernel launch of both steps compiles for an H100 (sm_90), GPU or not; LAMB's whole chunks use 16-byte loads."
     pytest.importorskip('triton.backends.nvidia')
-    r = run_python(str(ROOT/'tests'/'triton_sm90_build.py'))
+    r = run_python(str(ROOT/'tests'/'tools'/'triton_sm90_build.py'))
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'built for sm_90' in r.stdout, r.stdout
 

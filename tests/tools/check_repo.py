@@ -1,10 +1,10 @@
 """Repo invariants nbdev does not enforce: no legacy `#export`-style directives; dl2/, the notebooks and nbs/sidebar.yml
 as nbdev_export, nbdev_clean and nbdev_sidebar leave them; a Python 3 kernelspec in every notebook; README.md made from
-nbs/index.ipynb. `python tests/check_repo.py --write-readme` writes README.md from nbs/index.ipynb."""
+nbs/index.ipynb. `python tests/tools/check_repo.py --write-readme` writes README.md from nbs/index.ipynb."""
 import hashlib, json, re, subprocess, sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # nbdev 2 only reads `#| directive`; nbdev 1's `#export` (no bar) is silently treated as a comment.
 LEGACY = re.compile(r'^\s*#\s*(export|exports|exporti|default_exp|hide|hide_input|hide_output|collapse_\w+)\b(?!.*\|)')
 
@@ -71,7 +71,7 @@ def main(args=()):
                          (sidebar_drift(), 'nbdev_sidebar changed {}: commit it')]:
         if changed: problems.append(fix.format(', '.join(changed)))
     if readme.read_text(encoding='utf-8') != readme_from_index(index):
-        problems.append('README.md is not what nbs/index.ipynb makes: edit the notebook, then run `python tests/check_repo.py --write-readme`')
+        problems.append('README.md is not what nbs/index.ipynb makes: edit the notebook, then run `python tests/tools/check_repo.py --write-readme`')
     for p in problems: print(f'check_repo: {p}', file=sys.stderr)
     if not problems: print('check_repo: no legacy directives; dl2/, notebooks and sidebar as nbdev leaves them; kernelspecs; README.md from index.ipynb')
     return 1 if problems else 0

@@ -5,14 +5,14 @@ A developer tool, not part of the test run: it executes every notebook as `nbdev
 each cell that calls `.fit(`, it records the last validation accuracy of every `Learner` in the notebook whose history
 grew, and the threshold the cell asserts (`> 0.7` style), so thresholds can be set with margin below the worst case:
 
-    python tests/seed_sweep.py                          # every notebook that trains, seeds 0-4, 1 and 2 threads
-    python tests/seed_sweep.py nbs/06_cuda_cnn_hooks_init.ipynb --seeds 0 1 --threads 1
+    python tests/tools/seed_sweep.py                          # every notebook that trains, seeds 0-4, 1 and 2 threads
+    python tests/tools/seed_sweep.py nbs/06_cuda_cnn_hooks_init.ipynb --seeds 0 1 --threads 1
 """
 import argparse, json, os, re, subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED = re.compile(r'torch\.manual_seed\((\d+)\)')
 THRESHOLD = re.compile(r"valid_accuracy'\]\s*>\s*\(?\s*([0-9.]+)(?:\s*if in_test\(\)\s*else\s*([0-9.]+))?")
 

@@ -1,6 +1,6 @@
 """Run course-v3's lesson-11 notebooks against dl2 with only their import line changed (a developer tool, not a test).
 
-    python tests/course_cells.py COURSE [NOTEBOOK.ipynb ...] [--git REPO] [--only 08 09b] [--import-line LINE] [-v]
+    python tests/tools/course_cells.py COURSE [NOTEBOOK.ipynb ...] [--git REPO] [--only 08 09b] [--import-line LINE] [-v]
 
 COURSE is a folder holding the course's notebooks (course-v3's `nbs/dl2`); NOTEBOOK paths given after it replace
 the folder's copy of the same name. Two of the seven are not in a plain course-v3 checkout:
