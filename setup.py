@@ -28,9 +28,9 @@ setuptools.setup(
                  f"Intended Audience :: {cfg['audience']}",
                  f"Natural Language :: {cfg['language']}"]
                 + [f'Programming Language :: Python :: {v}' for v in py_versions[py_versions.index(min_python):]],
-    # namespace discovery, so that dl2/csrc (the C++ kernels' sources, built on the user's machine) is a package of data files
+    # namespace discovery, so that dl2/fast/csrc (the C++ kernels' sources, built on the user's machine) is a package of data files
     packages=setuptools.find_namespace_packages(include=[cfg['lib_name'], cfg['lib_name']+'.*'], exclude=['*.__pycache__']),
-    package_data={cfg['lib_name']+'.csrc': ['*.cpp', '*.h']},
+    package_data={cfg['lib_name']+'.fast.csrc': ['*.cpp', '*.h']},
     python_requires=f'>={min_python}',
     install_requires=cfg['requirements'].split(),
     extras_require={'dev': cfg['dev_requirements'].split()},

@@ -16,7 +16,7 @@ from torch import nn
 import torchvision
 from dl2.cnn import get_cnn_model, conv_layer
 from dl2.optimizers import adam_opt, lamb
-from dl2.fused_optimizers import lamb_kernel
+from dl2.fast.optimizers import lamb_kernel
 
 
 def unfused(opt):

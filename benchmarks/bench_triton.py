@@ -44,7 +44,7 @@ def time_all(fns, reps, warmup, sync):
 def rbn_contenders(torch, tk, shape, dtype, device):
     "Forward+backward callables on one input `x` of `shape`, each contender with its own parameters; and compile seconds."
     from torch import nn
-    from dl2.batchnorm_kernels import _RunningBNFunction
+    from dl2.fast.batchnorm import _RunningBNFunction
     C = shape[1]
     x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
     g = torch.randn_like(x)
@@ -90,7 +90,7 @@ def lamb_contenders(torch, tk, params):
 
 def main():
     args = parse_args()
-    if args.device == 'cpu': os.environ['TRITON_INTERPRET'] = '1'   # Triton reads it when dl2.triton_kernels is imported
+    if args.device == 'cpu': os.environ['TRITON_INTERPRET'] = '1'   # Triton reads it when dl2.fast.triton_kernels is imported
     import torch, torchvision
     from torch import nn
     from dl2 import triton_kernels as tk

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .core import *
 from fastcore.basics import patch
 from .cnn import GeneralRelu
-from .batchnorm_kernels import running_bn_step
+from .fast.batchnorm import running_bn_step
 
 # %% ../nbs/07_batchnorm.ipynb #05836cc8
 def _channel_dims(x):

@@ -205,7 +205,7 @@ def sync_running_bn(model, sync=True, group=None):
     bns = [m for m in model.modules() if isinstance(m, RunningBatchNorm)]
     if sync and any(m.kernel is False for m in bns):
         warnings.warn("sync_running_bn: the lesson code (RunningBatchNorm(kernel=False)) cannot synchronise; "
-                      "those layers run the fastest route of dl2.batchnorm_kernels.running_bn_step instead")
+                      "those layers run the fastest route of dl2.fast.batchnorm.running_bn_step instead")
     s = ProcessSum(group) if sync else None
     for m in bns: m.sync = s
     return model

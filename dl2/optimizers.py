@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from fastcore.basics import patch
 from .core import *
-from .fused_optimizers import fused_step
+from .fast.optimizers import fused_step
 
 # %% ../nbs/09_optimizers.ipynb #e4489185
 def sgd_step(p, lr, **kwargs):
@@ -64,7 +64,7 @@ def _check_hypers(groups):
 
 class Optimizer():
     "Updates each parameter that has a gradient by composing `steppers`, with its group's hyper-parameters."
-    fused = True   # offer the step to `dl2.fused_optimizers` first
+    fused = True   # offer the step to `dl2.fast.optimizers` first
 
     def __init__(self, params, steppers, **defaults):
         self.steppers = listify(steppers)

@@ -19,7 +19,7 @@ from .data_block import DATASETS, dataset_folder, image_databunch
 from .augmentation import BATCH_AUGMENTS, FlipShift, batch_augment, tta_accuracy
 from .cnn import conv_layer, get_cnn_model, get_resnet, init_cnn, default_device, AutocastCallback, DeviceCallback
 from .batchnorm import conv_rbn
-from .batchnorm_kernels import running_bn_kernel
+from .fast.batchnorm import running_bn_kernel
 from .lsuv import lsuv_init
 from .optimizers import adam_opt, lamb, sgd_mom_opt
 from .learner import Learner, AvgStatsCallback

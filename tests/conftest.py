@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(__file__).parent/'tools'))   # the maintenance scrip
 # here, before any test module is collected.
 if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')
 import torch.utils.cpp_extension
-from dl2.batchnorm_kernels import running_bn_kernel
-from dl2.fused_optimizers import lamb_kernel
+from dl2.fast.batchnorm import running_bn_kernel
+from dl2.fast.optimizers import lamb_kernel
 
 @pytest.fixture
 def no_compiler(monkeypatch):

@@ -5,7 +5,7 @@ import pytest, torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from dl2.batchnorm import RunningBatchNorm
-from dl2.batchnorm_kernels import _RunningBNFunction, running_bn_kernel
+from dl2.fast.batchnorm import _RunningBNFunction, running_bn_kernel
 
 _spec = importlib.util.spec_from_file_location('bench_batchnorm', Path(__file__).parent.parent/'benchmarks'/'bench_batchnorm.py')
 _bench = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_bench)

@@ -1,9 +1,9 @@
-"Property tests of `dl2.fused_optimizers` against the lesson's per-tensor optimizers, and what a notebook can't show: no compiler."
+"Property tests of `dl2.fast.optimizers` against the lesson's per-tensor optimizers, and what a notebook can't show: no compiler."
 from functools import partial
 import pytest, torch
 from hypothesis import given, settings, strategies as st
 from dl2.optimizers import adam_opt, lamb, sgd_opt, sgd_mom_opt, l2_reg
-from dl2.fused_optimizers import lamb_kernel, known_update
+from dl2.fast.optimizers import lamb_kernel, known_update
 
 OPTS = {'sgd': sgd_opt, 'momentum': sgd_mom_opt, 'momentum_l2': partial(sgd_mom_opt, wd_step=l2_reg), 'adam': adam_opt(), 'lamb': lamb}
 

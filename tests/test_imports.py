@@ -4,19 +4,20 @@ from pathlib import Path
 import pytest
 import dl2
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(dl2.__path__) if not m.name.startswith('_'))
+MODULES = sorted(m.name.removeprefix('dl2.') for m in pkgutil.walk_packages(dl2.__path__, 'dl2.')
+                 if not m.name.rsplit('.', 1)[-1].startswith('_') and not m.ispkg)
 
 LESSON = {'core', 'imports', 'datasets', 'data', 'learner', 'schedules', 'lr_find', 'cnn', 'hooks', 'batchnorm', 'lsuv',
           'data_block', 'optimizers', 'checkpoint', 'progress', 'augmentation', 'train', 'course'}
-SPEED = {'kernels', 'batchnorm_kernels', 'fused_optimizers'}
+SPEED = {'fast.kernels', 'fast.batchnorm', 'fast.triton_kernels', 'fast.optimizers'}
 
 def test_found_modules():
     assert LESSON | SPEED <= set(MODULES), sorted(LESSON | SPEED - set(MODULES))
 
 def _dl2_imports(name):
     "`(module, names)` for each `from dl2.X import ...` / `from .X import ...` line of `dl2/<name>.py`."
-    src = (Path(dl2.__file__).parent/f'{name}.py').read_text()
-    return [(m, [n.strip() for n in names.split(',')]) for m, names in re.findall(r'^from (?:dl2|)\.?(\w+) import (.+)$', src, re.M)]
+    src = (Path(dl2.__file__).parent/f"{name.replace('.', '/')}.py").read_text()
+    return [(m, [n.strip() for n in names.split(',')]) for m, names in re.findall(r'^from (?:dl2|)\.?([\w.]+) import (.+)$', src, re.M)]
 
 @pytest.mark.parametrize('name', MODULES)
 def test_no_private_names_across_modules(name):

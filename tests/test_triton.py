@@ -1,4 +1,4 @@
-"""`dl2.triton_kernels` against dl2's PyTorch code: outputs, gradients, statistics and LAMB steps; no host sync; sm_90 builds.
+"""`dl2.fast.triton_kernels` against dl2's PyTorch code: outputs, gradients, statistics and LAMB steps; no host sync; sm_90 builds.
 
     python -m pytest -q tests/test_triton.py                     # no GPU: conftest.py turns Triton's CPU interpreter on
     TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py  # the interpreter, even where there is a GPU
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest, torch
 
 pytest.importorskip('triton')
-tk = importlib.import_module('dl2.triton_kernels')
+tk = importlib.import_module('dl2.fast.triton_kernels')
 DEVICE = 'cpu' if tk._INTERPRET else 'cuda'
 
 # ---- dl2's PyTorch reference code: one helper per kernel, the only place that names dl2's modules
 from dl2.batchnorm import RunningBatchNorm
-from dl2.batchnorm_kernels import _RunningBNFunction, running_bn_step
+from dl2.fast.batchnorm import _RunningBNFunction, running_bn_step
 from dl2.optimizers import StatefulOptimizer, adam_stats, lamb_step, lamb
 
 def bn_reference(x, mults, adds, means, vars, eps, w2, min_var, g):
@@ -279,7 +279,7 @@ def test_without_triton():
     code = '''import sys
 sys.modules['triton'] = None   # import triton fails, as on macOS, Windows or with PyTorch's CPU-only wheels
 import torch
-import dl2.triton_kernels as tk
+import dl2.fast.triton_kernels as tk
 assert not tk.triton_available()
 try: tk.lamb_triton_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], torch.ones(1), 0.1, 0.9, 0.99, 1e-6, 0.)
 except RuntimeError as e: print(e)'''

@@ -1,4 +1,4 @@
-"""Build every kernel launch of `dl2.triton_kernels`' two training steps for an H100 (sm_90), on any machine, GPU or not.
+"""Build every kernel launch of `dl2.fast.triton_kernels`' two training steps for an H100 (sm_90), on any machine, GPU or not.
 
 Triton's interpreter runs some code that its compiler rejects, so the interpreter tests alone do not show that the kernels
 build. Here every launch compiles instead of running: a stand-in driver names sm_90 as the target, and CPU tensors stand
@@ -36,7 +36,7 @@ def main():
     JITFunction.run = build_only
     driver.set_active(BuildOnlyDriver(GPUTarget('cuda', 90, 32)))
 
-    import dl2.triton_kernels as tk
+    import dl2.fast.triton_kernels as tk
     tk.triton_available = lambda: True
     tk._check_device = lambda fn, t: None
     tk._n_programs = lambda device: 4 * 132
