@@ -9,17 +9,16 @@ sys.path.insert(0, str(Path(__file__).parent/'tools'))   # the maintenance scrip
 # here, before any test module is collected.
 if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')
 import torch.utils.cpp_extension
-from dl2.fast.batchnorm import running_bn_kernel
-from dl2.fast.optimizers import lamb_kernel
+from dl2.fast.kernels import load_cpp
 
 @pytest.fixture
 def no_compiler(monkeypatch):
     "A machine where building C++ extensions fails: dl2's kernel caches are emptied before and after."
     def fail(*args, **kwargs): raise RuntimeError('Error building extension: c++ not found')
     monkeypatch.setattr(torch.utils.cpp_extension, 'load', fail)
-    for kernel in (running_bn_kernel, lamb_kernel): kernel.cache_clear()
+    load_cpp.cache_clear()
     yield
-    for kernel in (running_bn_kernel, lamb_kernel): kernel.cache_clear()
+    load_cpp.cache_clear()
 
 @pytest.fixture(scope='session')
 def checkout(tmp_path_factory):

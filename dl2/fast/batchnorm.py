@@ -78,10 +78,9 @@ class _RunningBNFunction(torch.autograd.Function):
 
 
 # %% ../../nbs/07c_batchnorm_kernels.ipynb #2441f025
-@functools.lru_cache(maxsize=None)
 def running_bn_kernel():
     "dl2's C++ training step of `RunningBatchNorm` for float32 CPU inputs, built on first use; None where it cannot be."
-    return load_cpp('running_bn', ['running_bn', 'running_bn_sums', 'running_bn_apply', 'running_bn_grad_sums', 'running_bn_grad_apply'])
+    return load_cpp('running_bn', ('running_bn', 'running_bn_sums', 'running_bn_apply', 'running_bn_grad_sums', 'running_bn_grad_apply'))
 
 def _cpp_fits(x, means, mults):
     "Whether the C++ kernel takes input `x`: float32 on the CPU like the statistics, a plain layout, no autocast."

@@ -4,7 +4,7 @@
 __all__ = ['CSRC', 'build_name', 'load_cpp', 'triton_interpreting', 'triton_available', 'load_triton', 'plain_layout']
 
 # %% ../../nbs/07b_kernels.ipynb #34fd2c42
-import hashlib, importlib.resources, logging, os, re, sys, time, warnings
+import functools, hashlib, importlib.resources, logging, os, re, sys, time, warnings
 from pathlib import Path
 import torch
 
@@ -42,6 +42,7 @@ def _is_built(ext, name):
 
 def _say(msg): print(f'dl2: {msg}', file=sys.stderr, flush=True)
 
+@functools.cache   # one build or load per process, and a failure warns once
 def load_cpp(name, functions=()):
     "`dl2/fast/csrc/<name>.cpp` built (first use) or loaded (later) as a Python module; None, with a warning, if that fails."
     try:

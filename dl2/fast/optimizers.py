@@ -99,10 +99,9 @@ def _adamw(opt, ps, lr, mom, sqr_mom, eps, wd=0., **kwargs):
 # %% ../../nbs/09a_fused_optimizers.ipynb #5a97a518
 _MAX_TRUST = 10.
 
-@functools.lru_cache(maxsize=None)
 def lamb_kernel():
     "dl2's C++ LAMB step for float32 CPU tensors, built on first use; None where it cannot be built."
-    return load_cpp('lamb', ['lamb_'])
+    return load_cpp('lamb', ('lamb_',))
 
 def _laid_out_alike(ps, states):
     "Whether `ps` are float32 and dense in a plain layout, with gradients and averages laid out like them: what the LAMB kernels take."
