@@ -101,19 +101,19 @@ def load(self:Learner, path, with_opt=True):
 # %% ../nbs/09b_learner.ipynb #06dcfba8
 class CheckpointCallback(Callback):
     "Saves a checkpoint to `path` after every epoch (`_order` after the stats, so their row is included)."
-    _order = 20
+    _order = CbOrder.SAVE
     def __init__(self, path, **extra): self.path, self.extra = Path(path), extra
     def after_epoch(self): self.learn.save(self.path, epoch=self.epoch + 1, **self.extra)
 
 # %% ../nbs/09b_learner.ipynb #0d2a4c5e
 class ResumeCallback(Callback):
     "Skip the first `done` epochs of `fit`, so schedules and epoch numbers continue from a checkpoint with `logs`."
-    _order = -20
-    def __init__(self, done, logs=None): self.done, self.logs, self.paused = done, logs or {}, []
+    _order = CbOrder.RESUME
+    def __init__(self, done, logs=None): self.done, self.logs, self.pausing = done, logs or {}, []
     def begin_fit(self):
         if self.done <= 0: return
-        self.paused = [cb for cb in self.cbs if cb is not self and not isinstance(cb, TrainEvalCallback)]
-        self.learn.cbs = [cb for cb in self.cbs if cb not in self.paused]
+        self.pausing = [cb for cb in self.cbs if cb is not self and not isinstance(cb, TrainEvalCallback) and not cb.paused]
+        for cb in self.pausing: cb.paused = True
     def begin_epoch(self): return self.epoch < self.done
     def begin_validate(self): return self.epoch < self.done
     def after_epoch(self):
@@ -123,8 +123,8 @@ class ResumeCallback(Callback):
             self._prepend_logs()
     def after_fit(self): self._restore()
     def _restore(self):
-        self.learn.cbs += [cb for cb in self.paused if cb not in self.cbs]
-        self.paused = []
+        for cb in self.pausing: cb.paused = False
+        self.pausing = []
     def _prepend_logs(self):
         "Put the metrics and recorded values of the finished epochs in front of this run's."
         if 'history' in self.logs and hasattr(self.learn, 'avg_stats'): self.avg_stats.history[:0] = self.logs['history']
@@ -139,7 +139,7 @@ def seed_everything(seed):
 
 class SeedCallback(Callback):
     "Reseeds every random number generator at the start of each epoch from `seed` and the epoch number."
-    _order = -15
+    _order = CbOrder.SEED
     def __init__(self, seed): self.seed = seed
     def begin_epoch(self): seed_everything(self.seed * 1_000_003 + self.epoch)
 
@@ -147,7 +147,7 @@ class SeedCallback(Callback):
 def _stop_after(n):
     "A callback stopping training after `n` epochs, for demos and tests of resumption."
     class _StopAfter(Callback):
-        _order = 30
+        _order = CbOrder.STOP
         def after_epoch(self):
             if self.epoch + 1 >= n: raise CancelTrainException()
     return _StopAfter()

@@ -24,7 +24,7 @@ def default_device(device=None):
 
 class DeviceCallback(Callback):
     "Moves the model to `device` at the start of training and every batch to it as it arrives."
-    _order = -5
+    _order = CbOrder.DEVICE
     def __init__(self, device=None): self.device = default_device(device)
     def begin_fit(self): self.model.to(self.device)
     def begin_batch(self):
@@ -34,7 +34,7 @@ class DeviceCallback(Callback):
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #9e95a70f
 class AutocastCallback(Callback):
     "Runs each batch's forward pass and loss under `torch.autocast` on the model's device, in `dtype`."
-    _order = -4   # after DeviceCallback has moved the batch
+    _order = CbOrder.AUTOCAST
     def __init__(self, dtype=torch.bfloat16): self.dtype, self.ctx = dtype, None
     def begin_batch(self):
         self.ctx = torch.autocast(self.xb.device.type, dtype=self.dtype)
@@ -47,7 +47,7 @@ class AutocastCallback(Callback):
 # %% ../nbs/06_cuda_cnn_hooks_init.ipynb #4dd4db02
 class BatchTransformXCallback(Callback):
     "Applies `tfm` to every input batch."
-    _order = 2
+    _order = CbOrder.BATCH_TFM
     def __init__(self, tfm): self.tfm = tfm
     def begin_batch(self): self.learn.xb = self.tfm(self.xb)
 

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from .core import *
 from .data import TensorDataLoader
-from .learner import Callback
+from .learner import Callback, CbOrder
 from .cnn import default_device
 from .batchnorm import RunningBatchNorm
 from .checkpoint import CheckpointCallback
@@ -236,7 +236,7 @@ def _quiet(*args, **kwargs): pass
 # %% ../nbs/09d_distributed.ipynb #7c89bd81
 class DistributedCallback(Callback):
     "Data-parallel training with every process of the default group, all running `fit`: `sync_stats` synchronises batch norm; `seed` shuffles the shares."
-    _order = -30
+    _order = CbOrder.SETUP
     def __init__(self, sync_stats=True, seed=0): self.sync_stats, self.seed = sync_stats, seed
 
     def begin_fit(self):
@@ -249,10 +249,10 @@ class DistributedCallback(Callback):
         self.learn.model, self.loaders = self.bare, (self.data.train_dl, self.data.valid_dl)
         self.data.train_dl, self.data.valid_dl = [shard_loader(dl, self.rank, self.world, self.seed, train)
                                                   for dl, train in zip(self.loaders, (True, False))]
-        self.aside = [cb for cb in self.cbs if self.rank and isinstance(cb, tuple(RANK0_ONLY))]
-        self.learn.cbs = [cb for cb in self.cbs if cb not in self.aside]
+        self.aside = [cb for cb in self.cbs if self.rank and isinstance(cb, tuple(RANK0_ONLY)) and not cb.paused]
+        for cb in self.aside: cb.paused = True
         self.logger_before, self.stdout_before = self.logger, sys.stdout
-        if self.rank:   # silent: the set-aside callbacks still take part in this first event, and others may print too
+        if self.rank:   # silent: the paused callbacks still take part in this first event, and others may print too
             self.learn.logger, sys.stdout = _quiet, open(os.devnull, 'w')
 
     def _prepare(self, model):
@@ -288,7 +288,7 @@ class DistributedCallback(Callback):
     def after_fit(self):
         self.learn.model = self.bare
         self.data.train_dl, self.data.valid_dl = self.loaders
-        self.learn.cbs += [cb for cb in self.aside if cb not in self.cbs]
+        for cb in self.aside: cb.paused = False
         self.learn.logger = self.logger_before
         if sys.stdout is not self.stdout_before: sys.stdout.close(); sys.stdout = self.stdout_before
         sync_running_bn(self.bare, False)

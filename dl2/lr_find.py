@@ -13,7 +13,7 @@ from .schedules import Recorder
 # %% ../nbs/05b_early_stopping.ipynb #b3c580a7
 class LR_Find(Callback):
     "LR range test: exponentially growing learning rate, stop when the loss explodes, then restore the weights."
-    _order = 1
+    _order = CbOrder.SCHEDULE
     def __init__(self, max_iter=100, min_lr=1e-6, max_lr=10, stop_div=True):
         self.max_iter, self.min_lr, self.max_lr, self.stop_div = max_iter, min_lr, max_lr, stop_div
     def begin_fit(self):

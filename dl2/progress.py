@@ -28,7 +28,7 @@ def format_row(row, widths):
 # %% ../nbs/09c_add_progress_bar.ipynb #6319ad6c
 class ProgressCallback(Callback):
     "Master bar over epochs, a batch bar with the running loss, the metrics table; plain table rows off a terminal."
-    _order = -1   # before AvgStatsCallback, so its header row already goes to our logger
+    _order = CbOrder.LOGGER   # before AvgStatsCallback, so its header row already goes to our logger
     def __init__(self, bars=None, beta=0.98): self.bars, self.beta = bars, beta
 
     def begin_fit(self):
@@ -73,7 +73,7 @@ class ProgressCallback(Callback):
 # %% ../nbs/09c_add_progress_bar.ipynb #ecd9be94
 class CSVLogger(Callback):
     "Writes `avg_stats.history` (one row per epoch) to the CSV file `path` after every epoch."
-    _order = 20   # after AvgStatsCallback has added the epoch's row
+    _order = CbOrder.SAVE   # after AvgStatsCallback has added the epoch's row
     def __init__(self, path): self.path = Path(path)
     def after_epoch(self): write_metrics(self.avg_stats.history, self.path)
 

@@ -89,7 +89,7 @@ class Recorder(Callback):
 
 class ParamScheduler(Callback):
     "Sets hyper-parameter `pname` of each parameter group from `sched_funcs` (one, or one per group) each training batch."
-    _order = 1
+    _order = CbOrder.SCHEDULE
     def __init__(self, pname, sched_funcs): self.pname, self.sched_funcs = pname, sched_funcs
     def begin_fit(self):
         n = len(self.opt.param_groups)
