@@ -2,8 +2,8 @@
 
 # %% auto #0
 __all__ = ['CancelTrainException', 'CancelEpochException', 'CancelBatchException', 'TrainingDiverged', 'Callback', 'CbOrder',
-           'TrainEvalCallback', 'print_row', 'param_getter', 'body_head_splitter', 'Learner', 'format_time', 'AvgStats',
-           'AvgStatsCallback']
+           'check_callback', 'TrainEvalCallback', 'print_row', 'param_getter', 'body_head_splitter', 'Learner',
+           'format_time', 'AvgStats', 'AvgStatsCallback']
 
 # %% ../nbs/04_callbacks.ipynb #930ac79c
 import math, re, time
@@ -60,6 +60,13 @@ class CbOrder:
     SAVE = 20         # after the epoch's statistics are in: checkpoints, CSV files
     STOP = 30         # decides last whether to stop
 
+def check_callback(cb):
+    "`cb` if it is a `Callback` with a numeric `_order`; a clear error otherwise."
+    if not isinstance(cb, Callback):
+        raise TypeError(f"{cb!r} is not a Callback: `cbs` takes Callback objects, `cb_funcs` functions (or classes) that make them")
+    order_of(cb)
+    return cb
+
 # %% ../nbs/04_callbacks.ipynb #f32bfec8
 class TrainEvalCallback(Callback):
     "Switches the model between train and eval, and counts iterations and (fractional) epochs."
@@ -115,7 +122,7 @@ class Learner():
         for cb in listify(cbs): self.add_cb(cb)
     def add_cb(self, cb):
         "Attach `cb`, reachable as `self.<cb.name>`."
-        cb.set_learner(self)
+        check_callback(cb).set_learner(self)
         setattr(self, cb.name, cb)
         self.cbs.append(cb)
     def remove_cbs(self, cbs):
