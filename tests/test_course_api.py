@@ -44,8 +44,8 @@ def test_names_lesson_cells_use_without_importing():
 
 def test_course_reexports_every_lesson_module():
     import pkgutil
-    not_lesson = {'course', 'train', 'distributed',   # a command, and several processes (beyond the course)
-                  'kernels', 'batchnorm_kernels', 'fused_optimizers', 'triton_kernels'}   # the speed wing
+    not_lesson = {'course', 'train', 'cli', 'distributed', 'image_folder',   # a command, several processes, the image-folder engine
+                  'fast'}                                                   # the speed wing's package
     lesson = {m.name for m in pkgutil.iter_modules(dl2.__path__) if not m.name.startswith('_')} - not_lesson
     eq(sorted(lesson - set(dl2.course._REEXPORTED)), [])
     own = {'test', 'test_eq', 'near', 'test_near', 'test_near_zero', 'CudaCallback', 'Runner', 'get_runner', 'get_batch',
