@@ -8,6 +8,7 @@ __all__ = ['RANK0_ONLY', 'launched', 'rank', 'world_size', 'process_device', 'Gr
 # %% ../nbs/09d_distributed.ipynb #f5b084d3
 import contextlib, ctypes, datetime, inspect, math, multiprocessing.connection, os, pickle, signal, socket, sys, threading, warnings
 import torch
+from fastcore.basics import noop
 from torch import nn
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,7 +19,7 @@ from .data import TensorDataLoader
 from .learner import Callback, CbOrder
 from .cnn import default_device
 from .batchnorm import RunningBatchNorm
-from .checkpoint import CheckpointCallback
+from .checkpoint import CheckpointCallback, interrupt
 from .progress import ProgressCallback, CSVLogger
 
 # %% ../nbs/09d_distributed.ipynb #9ee91a36
@@ -93,14 +94,12 @@ def _free_port():
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
-def _interrupt(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
-
 def _worker(local_rank, nproc, port, fn, args):
     "One process of `launch`: torchrun's environment, SIGTERM as `KeyboardInterrupt`, Ctrl-C left to the launcher; exits with `fn`'s code."
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # a terminal's Ctrl-C reaches every process: the launcher passes it on once
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try: ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG (Linux): stop if the launcher dies
     except (OSError, AttributeError): pass
     sys.exit(fn(*args))
@@ -264,7 +263,7 @@ def _sum_over_processes(values):
     dist.all_reduce(t)
     return t.tolist()
 
-def _quiet(*args, **kwargs): pass
+
 
 # %% ../nbs/09d_distributed.ipynb #7c89bd81
 class DistributedCallback(Callback):
@@ -286,7 +285,7 @@ class DistributedCallback(Callback):
         for cb in self.aside: cb.paused = True
         self.logger_before, self.stdout_before = self.logger, sys.stdout
         if self.rank:   # silent: the paused callbacks still take part in this first event, and others may print too
-            self.learn.logger, sys.stdout = _quiet, open(os.devnull, 'w')
+            self.learn.logger, sys.stdout = noop, open(os.devnull, 'w')
 
     def _prepare(self, model):
         "`model` on this process's GPU (NCCL), its batch norm synchronised if `sync_stats`."
