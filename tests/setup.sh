@@ -85,26 +85,8 @@ install_torch() {   # PyTorch and torchvision, from PyTorch's CPU index where th
   "$py" -m pip install torch torchvision
 }
 
-installed() {   # whether dl2 is installed for this checkout with every requirement met (then nothing needs installing)
-  local repo=$PWD
-  # run outside the repo, so that `import dl2` finds what the environment finds, not the folder it runs in
-  (cd / && "$py" - "$repo" "$extras" >/dev/null 2>&1) <<'EOF'
-import configparser, sys
-from importlib.metadata import distribution, version
-from pathlib import Path
-from pip._vendor.packaging.requirements import Requirement
-repo, extras = Path(sys.argv[1]), sys.argv[2]
-cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(repo/'settings.ini'); cfg = cfg['DEFAULT']
-reqs = cfg['requirements'].split() + ((cfg['test_requirements'] + ' ' + cfg['dev_requirements']).split() if extras else [])
-import dl2   # a missing distribution or requirement raises, which also means "not installed"
-sys.exit(not (Path(dl2.__file__).resolve().parent == (repo/cfg['lib_path']).resolve()
-              and distribution(cfg['lib_name']).version == cfg['version']
-              and all(r.specifier.contains(version(r.name), prereleases=True) for r in map(Requirement, reqs))))
-EOF
-}
-
 if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then install_torch; fi
-if installed; then say "dl2 and its requirements${extras:+ (with the dev tools)} are installed in $env"
+if "$py" tests/tools/installed.py ${extras:+--dev} 2>/dev/null; then say "dl2 and its requirements${extras:+ (with the dev tools)} are installed in $env"
 else
   say "installing dl2 (editable, as the distribution dl2-foundations) and its requirements${extras:+, with the dev tools,} into $env"
   "$py" -m pip install -q -e ".$extras"

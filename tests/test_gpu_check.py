@@ -1,21 +1,14 @@
 """`benchmarks/gpu_check.sh` runs end to end before its first GPU: the dry run on the CPU, every step once, tiny, in the
 environment running the tests, which the script finds through tests/setup.sh as the README's other commands do."""
-import configparser, os, subprocess, sys
-from importlib.metadata import distribution, PackageNotFoundError
+import os, subprocess, sys
 from pathlib import Path
 import pytest
-import dl2
+from installed import installed_here
 
 ROOT = Path(__file__).resolve().parent.parent
 
-def installed_from_here():
-    "Whether this environment has dl2 installed for this checkout (tests/setup.sh then has nothing to install in it)."
-    cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
-    try: distribution(cfg['DEFAULT']['lib_name'])
-    except PackageNotFoundError: return False
-    return Path(dl2.__file__).resolve().parent == ROOT/'dl2'
-
-@pytest.mark.skipif(not installed_from_here(), reason='dl2 is not installed for this checkout here: gpu_check.sh would install it')
+# elsewhere (dl2 installed from another checkout, or not at all) gpu_check.sh would install dl2 into this environment
+@pytest.mark.skipif(not installed_here(dev=True), reason='dl2 and the dev tools are not installed here from this checkout')
 def test_dry_run(tmp_path):
     out = tmp_path/'report.md'
     # the running environment, active, as tests/run.sh leaves it

@@ -39,7 +39,7 @@ def setup_sh(repo, *cmd, **env):
     return subprocess.run(['bash', 'tests/setup.sh', *cmd], cwd=repo, env={**base, **env}, capture_output=True, text=True, timeout=900)
 
 def test_scripts_parse():
-    for script in ['tests/setup.sh', 'tests/run.sh', '.ci/run']: subprocess.run(['bash', '-n', ROOT/script], check=True)
+    for script in ['tests/setup.sh', 'tests/run.sh', '.ci/run', 'benchmarks/gpu_check.sh']: subprocess.run(['bash', '-n', ROOT/script], check=True)
 
 @pytest.mark.skipif(SYSTEM_PY is None, reason='no externally managed Python 3.10+ with venv at /usr/bin, /opt/homebrew/bin or /usr/local/bin')
 def test_system_python_gets_a_venv_then_active_envs_are_used(checkout, torch_stub):
