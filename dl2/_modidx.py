@@ -2,8 +2,8 @@
 
 d = { 'settings': { 'branch': 'main',
                 'doc_baseurl': '/dl2',
-                'doc_host': 'https://dl2.github.io',
-                'git_url': 'https://github.com/dl2/dl2',
+                'doc_host': 'https://dl2-foundations.github.io',
+                'git_url': 'https://github.com/dl2-foundations/dl2',
                 'lib_path': 'dl2'},
   'syms': { 'dl2.augmentation': { 'dl2.augmentation.AugmentCallback': ('augmentation.html#augmentcallback', 'dl2/augmentation.py'),
                                   'dl2.augmentation.AugmentCallback.begin_batch': ( 'augmentation.html#augmentcallback.begin_batch',
