@@ -6,7 +6,7 @@ __all__ = ['known_update', 'fused_step', 'lamb_kernel', 'lamb_route']
 # %% ../../nbs/09a_fused_optimizers.ipynb #fb0cdf7a
 import functools
 import torch
-from .kernels import load_cpp, load_triton, plain_layout, triton_available
+from .kernels import load_cpp, plain_layout, triton_available
 
 # %% ../../nbs/09a_fused_optimizers.ipynb #7855dfd2
 def _stepper_name(f): return f'{getattr(f, "__module__", "")}.{getattr(f, "__qualname__", repr(f))}'
@@ -141,8 +141,9 @@ def _lamb_cpp(opt, ps, states, lr, mom, sqr_mom, eps, wd):
 
 def _lamb_triton(opt, ps, states, lr, mom, sqr_mom, eps, wd):
     "The LAMB step by dl2's Triton kernels (`07d_triton_kernels`), the step counts read on the device."
-    load_triton().lamb_triton_(ps, [p.grad for p in ps], [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states],
-                               torch.stack(_step_tensors(opt, ps, states)), lr, mom, sqr_mom, eps, wd, _MAX_TRUST)
+    from dl2.fast.triton_kernels import lamb_triton_   # imported on first use: Triton defines its kernels then
+    lamb_triton_(ps, [p.grad for p in ps], [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states],
+                 torch.stack(_step_tensors(opt, ps, states)), lr, mom, sqr_mom, eps, wd, _MAX_TRUST)
 
 def _triton_takes(ps, states):
     "Whether the Triton kernels take these tensors: float32 on a CUDA device, laid out like their gradients and averages."
