@@ -5,11 +5,11 @@ import pytest
 import torch
 sys.path.insert(0, str(Path(__file__).parent/'tools'))   # the maintenance scripts, importable by the tests of them
 import torch.utils.cpp_extension
-from dl2.fast.kernels import load_cpp, use_triton_interpreter
+from dl2.fast.kernels import load_cpp, triton_interpreting, use_triton_interpreter
 # Without a GPU, dl2's Triton kernels are tested in Triton's interpreter (tests/test_triton.py). Triton reads that choice
 # as it is imported, and importing torch.distributed (dl2.distributed) already imports it: so the choice is made here,
 # before any test module is collected.
-if not torch.cuda.is_available() and 'TRITON_INTERPRET' not in os.environ: use_triton_interpreter()
+if not (torch.cuda.is_available() or triton_interpreting()): use_triton_interpreter()
 
 @pytest.fixture
 def no_compiler(monkeypatch, tmp_path):
