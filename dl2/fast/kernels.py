@@ -109,7 +109,7 @@ def _interpret_library():
 def use_triton_interpreter():
     "Run Triton kernels in Triton's interpreter, on CPU tensors, from now on in this process, even if Triton is already imported."
     os.environ['TRITON_INTERPRET'] = '1'
-    if 'triton' in sys.modules: _interpret_library()
+    if sys.modules.get('triton') is not None: _interpret_library()   # imported already: its library functions too
 
 # %% ../../nbs/07b_kernels.ipynb #873879d2
 def plain_layout(t):
