@@ -9,8 +9,6 @@ from dl2.data_block import ImageList, make_rgb, to_byte_tensor
 from dl2.augmentation import *
 from dl2.augmentation import _SQUARE
 
-pytestmark = pytest.mark.filterwarnings('ignore:The image decoding:DeprecationWarning')
-
 @pytest.mark.parametrize('method', ['fork', 'spawn'])
 def test_item_augmentation_in_workers(tmp_path, method):
     "PIL transforms survive pickling (spawn), and each worker draws its own crops: workers' random states are seeded apart."
