@@ -1,13 +1,14 @@
-"""Time one optimizer step + zero_grad of `adam_opt` and `lamb` against torch's AdamW (foreach and fused) and the
-lesson's per-parameter Adam, on the lesson's CNN, torchvision's resnet18 and a stack of 50 conv+BN blocks.
+"""Time one optimizer step + zero_grad of dl2's fused `adam_opt` and `lamb` against torch's AdamW (foreach and fused) and
+the lesson's per-parameter Adam, on the lesson's CNN, torchvision's resnet18 and a stack of 50 conv+BN blocks.
 
 Run: `python benchmarks/bench_optimizers.py [--budget SECONDS_PER_MODEL] [--device cpu|cuda] [--threads N] [--clock wall|cpu]`.
 On the CPU, `lamb` runs dl2's C++ kernel; the time to compile it (first run) or load it is printed apart.
 On a busy shared CPU, `--threads 1 --clock cpu` (CPU time of this process) is far less noisy than wall time.
 Every implementation steps its own copy of the model with the same fixed gradients; implementations are
 interleaved (rotating order, one step each per round) and the table shows median times and their ratios to
-`AdamW(fused=True)` and `AdamW(foreach=True)` measured in the same run. 'lesson Adam' is `adam_opt` with its fused
-route turned off (`opt.fused = False`): the lesson's per-parameter loop of notebook 09.
+`AdamW(fused=True)` and `AdamW(foreach=True)` measured in the same run. 'lesson Adam' is `adam_opt` as notebook 09
+builds it (its per-parameter loop); 'adam_opt' and 'lamb' are the same optimizers with `fused(...)`, as `dl2_train`
+runs them (notebook 09a).
 """
 import argparse, copy, statistics, time
 from types import SimpleNamespace
@@ -16,13 +17,7 @@ from torch import nn
 import torchvision
 from dl2.cnn import get_cnn_model, conv_layer
 from dl2.optimizers import adam_opt, lamb
-from dl2.fast.optimizers import lamb_kernel
-
-
-def unfused(opt):
-    "`opt` running the lesson's per-parameter loop instead of its fused route."
-    opt.fused = False
-    return opt
+from dl2.fast.optimizers import fused, lamb_kernel
 
 
 def conv_bn_stack(n=50, c=16):
@@ -37,9 +32,9 @@ MODELS = {
 OPTS = {
     'AdamW(fused)': lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, fused=True),
     'AdamW(foreach)': lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, foreach=True),
-    'lesson Adam': lambda ps: unfused(adam_opt(wd=1e-2)(ps, lr=1e-3)),
-    'adam_opt': lambda ps: adam_opt(wd=1e-2)(ps, lr=1e-3),
-    'lamb': lambda ps: lamb(ps, lr=1e-3, wd=1e-2),
+    'lesson Adam': lambda ps: adam_opt(wd=1e-2)(ps, lr=1e-3),
+    'adam_opt': lambda ps: fused(adam_opt(wd=1e-2))(ps, lr=1e-3),
+    'lamb': lambda ps: fused(lamb)(ps, lr=1e-3, wd=1e-2),
 }
 
 

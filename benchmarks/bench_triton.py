@@ -74,13 +74,13 @@ def rbn_contenders(torch, tk, shape, dtype, device):
 def lamb_contenders(torch, tk, params):
     "One-step callables of each optimizer, each over its own copy of `params` with fixed random gradients."
     from dl2.optimizers import lamb
+    from dl2.fast.optimizers import fused
     def copies():
         ps = [p.detach().clone().requires_grad_() for p in params]
         for p in ps: p.grad = torch.randn_like(p)
         return ps
     adamw = torch.optim.AdamW(copies(), lr=LAMB['lr'], weight_decay=LAMB['wd'], eps=LAMB['eps'], betas=(LAMB['mom'], LAMB['sqr_mom']), fused=True)
-    adamw_copy = lamb(copies(), **LAMB)
-    adamw_copy.fused = 'adamw_copy'   # dl2's LAMB route where there is no Triton: PyTorch's fused AdamW on a copy
+    adamw_copy = fused(lamb, lamb_route='adamw_copy')(copies(), **LAMB)   # dl2's LAMB route where there is no Triton: PyTorch's fused AdamW on a copy
     ps = copies()
     state, steps = [[torch.zeros_like(p) for p in ps] for _ in range(2)], torch.zeros(len(ps), device=ps[0].device)
     def triton_step():

@@ -2,28 +2,37 @@
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'MNIST_FILES', 'MNIST_SHAPES', 'FASHION_MNIST_CHECKSUMS', 'MNIST_CHECKSUMS', 'FASHION_MNIST_DEBIAN',
-           'data_path', 'URLs', 'atomic_write', 'DownloadError', 'download_url', 'ArchiveError', 'UnsafeArchiveError',
-           'untar_data', 'read_idx', 'DatasetNotFoundError', 'find_mnist', 'get_data']
+           'data_path', 'URLs', 'temp_beside', 'remove_dead_temps', 'atomic_write', 'DownloadError', 'download_url',
+           'ArchiveError', 'UnsafeArchiveError', 'untar_data', 'read_idx', 'DatasetNotFoundError', 'find_mnist',
+           'get_data']
 
 # %% ../nbs/01_datasets.ipynb #85a7c510
-import bz2, fcntl, gzip, hashlib, http.client, lzma, math, os, queue, re, shutil, struct, sys, tarfile, threading, time
-import urllib.error, urllib.parse, urllib.request, uuid, warnings, zipfile, zlib
-from contextlib import closing, contextmanager
-from pathlib import Path, PurePosixPath
+import bz2, errno, gzip, hashlib, http.client, lzma, math, os, queue, re, shutil, socket, string, struct, sys, tarfile
+import threading, time, urllib.error, urllib.parse, urllib.request, uuid, warnings, zipfile, zlib
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import torch
 from fastcore.imports import IN_NOTEBOOK
 from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
+try: import fcntl          # POSIX locks whole files ...
+except ModuleNotFoundError: # ... Windows has no fcntl: its C runtime locks byte ranges instead
+    import msvcrt
+    fcntl = None
 
 # %% ../nbs/01_datasets.ipynb #8ea435d6
+_READ_ONLY = {errno.EACCES, errno.EPERM, errno.EROFS}
+
 def data_path() -> Path:
-    "The data folder: `$DL2_DATA` if set, else `~/.dl2/data`, created on demand."
+    "The data folder: `$DL2_DATA` if set, else `~/.dl2/data`, created on demand where the disk allows it."
     env = os.environ.get('DL2_DATA')
-    path = Path(env or Path.home()/'.dl2'/'data').expanduser()
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f'the data folder {path}{" (from $DL2_DATA)" if env else ""} is a file, not a folder')
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(env or Path.home()/'.dl2'/'data').expanduser().absolute()
+    where = f'the data folder {path}{" (from $DL2_DATA)" if env else ""}'
+    if path.exists() and not path.is_dir(): raise NotADirectoryError(f'{where} is a file, not a folder')
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno not in _READ_ONLY: raise OSError(e.errno, f'cannot create {where}: {e.strerror}') from e
     return path
 
 # %% ../nbs/01_datasets.ipynb #2f703c66
@@ -38,22 +47,59 @@ class URLs:
     MNIST_PNG = f'{S3_IMAGE}mnist_png.tgz'
 
 # %% ../nbs/01_datasets.ipynb #799ba27d
-def _tmp_sibling(path, suffix):
-    "A fresh hidden path next to `path`: same filesystem, so a rename onto `path` is atomic."
-    return path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}{suffix}')
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # this machine, in a form any file name can hold
 
-def _leftovers(path):
-    "Temporaries that `_tmp_sibling` named after `path` and that are still on disk."
-    own = re.compile(rf'\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.(part|extracting|old)')
-    return [p for p in path.parent.iterdir() if own.fullmatch(p.name)] if path.parent.is_dir() else []
+def temp_beside(dest, kind) -> Path:
+    "A fresh hidden path beside `dest`, tagged with this process and machine, for a temporary of `kind` (a word: 'part')."
+    dest = Path(dest).expanduser()
+    if not re.fullmatch('[a-z]+', kind): raise ValueError(f'kind {kind!r}: expected a lowercase word, like "part"')
+    return dest.with_name(f'.{dest.name}.{uuid.uuid4().hex[:8]}.{os.getpid()}-{_HOST}.{kind}')
 
+def _temps(dest):
+    "(path, process id, machine) of each temporary that `temp_beside` named after `dest` and that is still on disk."
+    own = re.compile(rf'\.{re.escape(dest.name)}\.[0-9a-f]{{8}}\.([1-9][0-9]{{0,8}})-([0-9a-f]{{8}})\.[a-z]+')
+    try: names = os.listdir(dest.parent)
+    except OSError: return []  # no folder, no temporaries
+    return [(dest.parent/n, int(m[1]), m[2]) for n in names if (m := own.fullmatch(n))]
+
+# %% ../nbs/01_datasets.ipynb #c3a1e0d3
+def _windows_process_alive(pid):
+    "Whether process `pid` runs, asked of Windows (where `os.kill(pid, 0)` would send it a Ctrl-C)."
+    import _winapi  # CPython's own Windows calls, as multiprocessing uses them; only Windows has it
+    try: handle = _winapi.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    except OSError as e: return e.winerror != 87  # ERROR_INVALID_PARAMETER: no such process; denied: it runs
+    try: return _winapi.GetExitCodeProcess(handle) == _winapi.STILL_ACTIVE
+    finally: _winapi.CloseHandle(handle)
+
+def _process_alive(pid):
+    "Whether process `pid` of this machine still runs; when in doubt, it does."
+    if sys.platform == 'win32': return _windows_process_alive(pid)
+    try: os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError: return False
+    except PermissionError: pass  # it exists, under another user
+    return True
+
+def _remove(path):
+    "Delete the file, link or folder at `path` as far as possible; what stays behind goes at a later cleanup."
+    with suppress(OSError):
+        if path.is_dir() and not path.is_symlink(): shutil.rmtree(path, ignore_errors=True)
+        else: path.unlink(missing_ok=True)
+
+def remove_dead_temps(dest) -> list:
+    "Delete the temporaries `temp_beside` made for `dest` by processes of this machine that have ended; return those deleted."
+    dead = [p for p, pid, host in _temps(Path(dest).expanduser()) if host == _HOST and not _process_alive(pid)]
+    for p in dead: _remove(p)
+    return [p for p in dead if not os.path.lexists(p)]
+
+# %% ../nbs/01_datasets.ipynb #c3a1e0d4
 @contextmanager
 def atomic_write(dest):
     "Yield a temporary path beside `dest`; it replaces `dest` only if the block succeeds, else it is deleted."
-    dest = Path(dest)
+    dest = Path(dest).expanduser()
     if dest.is_dir() and not dest.is_symlink(): raise IsADirectoryError(f'{dest} is a folder; atomic_write only replaces files')
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(dest, '.part')
+    remove_dead_temps(dest)  # what a killed writer of `dest` left behind
+    tmp = temp_beside(dest, 'part')
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -70,7 +116,8 @@ _HASHES = {32: 'md5', 64: 'sha256'}
 def _hasher(checksum):
     "A hashlib object for the hex digest `checksum` (md5 or sha256, told apart by length), or None."
     if checksum is None: return None
-    if len(checksum) not in _HASHES: raise ValueError(f'checksum {checksum!r}: expected 32 (md5) or 64 (sha256) hex digits')
+    if not (isinstance(checksum, str) and len(checksum) in _HASHES and re.fullmatch('[0-9a-fA-F]+', checksum)):
+        raise ValueError(f'checksum {checksum!r}: expected 32 (md5) or 64 (sha256) hex digits')
     return hashlib.new(_HASHES[len(checksum)])
 
 def _file_hexdigest(path, checksum):
@@ -93,6 +140,10 @@ def _progress_bar(size):
     return bar
 
 # %% ../nbs/01_datasets.ipynb #3e9a41f6
+def _ascii_url(url):
+    "`url` with anything HTTP can't carry (non-ASCII, spaces) percent-encoded, as urllib does for redirects."
+    return urllib.parse.quote(url, safe=string.punctuation)
+
 def _redirect_allowed(old, new):
     "Whether a download may follow a redirect from URL `old` to URL `new`."
     old, new = urllib.parse.urlparse(old).scheme, urllib.parse.urlparse(new).scheme
@@ -115,7 +166,7 @@ def _put(q, item, stop):
 def _fetch(url, timeout, q, stop):
     "Network thread: put the headers of `url`, then its body as it arrives, then None on `q`; or the exception that stopped it."
     try:
-        with urllib.request.build_opener(_SafeRedirects).open(url, timeout=timeout) as resp:
+        with urllib.request.build_opener(_SafeRedirects).open(_ascii_url(url), timeout=timeout) as resp:
             _put(q, resp.headers, stop)
             read = getattr(resp, 'read1', resp.read)  # read1 returns what has arrived instead of waiting for a full chunk
             while not stop.is_set() and (chunk := read(1 << 20)): _put(q, chunk, stop)
@@ -164,7 +215,7 @@ def _save_body(body, f, url, hasher, max_bytes, show_progress):
 def download_url(url, dest, checksum=None, show_progress=True, timeout=30, *,
                  deadline=4*3600, min_rate=1024, max_bytes=4*_GiB) -> Path:
     "Download `url` to `dest` through a verified temporary file, so `dest` ends up complete or absent."
-    dest, hasher = Path(dest), _hasher(checksum)
+    dest, hasher = Path(dest).expanduser(), _hasher(checksum)
     with atomic_write(dest) as tmp, closing(_stream(url, timeout, deadline, min_rate)) as body:
         try:
             with open(tmp, 'xb') as f: got, size = _save_body(body, f, url, hasher, max_bytes, show_progress)
@@ -184,10 +235,18 @@ class UnsafeArchiveError(ArchiveError):
     "An archive member could write outside the extraction folder."
 
 # %% ../nbs/01_datasets.ipynb #d4056213
+def _member_path(name):
+    "Archive member path (or link target) `name` as any system may read it: a backslash separates too, as on Windows."
+    return PurePosixPath(name.replace('\\', '/'))
+
+def _absolute(name):
+    "Whether member path (or link target) `name` starts from a root, a drive or a network share, on POSIX or on Windows."
+    return PurePosixPath(name).is_absolute() or bool(PureWindowsPath(name).anchor)
+
 def _path_problem(name):
     "Why the archive member path `name` is unsafe on its face (absolute, or using `..`), or None."
-    if name.is_absolute(): return 'absolute path'
-    if '..' in name.parts: return '`..` in path'
+    if _absolute(name): return 'absolute path'
+    if '..' in _member_path(name).parts: return '`..` in path'
 
 def _escapes(path, links):
     "Whether relative `path` climbs above the root or passes through (or onto) one of the archive's `links`."
@@ -203,13 +262,13 @@ def _escapes(path, links):
 
 def _tar_member_problem(m, links):
     "Why extracting tar member `m` could write outside the target folder, or None; records links in `links`."
-    name = PurePosixPath(m.name)
-    if problem := _path_problem(name): return problem
+    if problem := _path_problem(m.name): return problem
+    name = _member_path(m.name)
     if _escapes(name, links): return 'path runs through a link in the archive'
     if m.isdev(): return 'device or fifo'
     if m.issym() or m.islnk():
-        target = PurePosixPath(m.linkname)
-        if target.is_absolute() or _escapes(name.parent/target if m.issym() else target, links):
+        target = _member_path(m.linkname)
+        if _absolute(m.linkname) or _escapes(name.parent/target if m.issym() else target, links):
             return f'link to {m.linkname!r} points outside the archive'
         links.add(name.parts)
 
@@ -231,30 +290,35 @@ def _check_size(archive, n_files, n_bytes, max_files, max_bytes):
     if n_bytes > max_bytes: raise ArchiveError(f'{archive}: unpacks to more than max_bytes={max_bytes:,} bytes; pass a larger max_bytes= if you trust it')
 
 class _CappedReads:
-    "A file wrapper refusing any single read of more than `_MAX_HEADER` bytes."
-    def __init__(self, f, archive): self.f, self.archive = f, archive
+    "A file wrapper refusing any single read of more than `_MAX_HEADER` bytes, and keeping what the last read returned."
+    def __init__(self, f, archive): self.f, self.archive, self.last = f, archive, b''
     def __getattr__(self, name): return getattr(self.f, name)
     def read(self, n):
         if n > _MAX_HEADER: raise ArchiveError(f'{self.archive}: refusing a {n:,}-byte member header (the limit is {_MAX_HEADER:,})')
-        return self.f.read(n)
+        self.last = self.f.read(n)
+        return self.last
 
 @contextmanager
 def _open_tar(archive):
-    "Yield tar `archive` opened for reading through `_CappedReads`, and its decompressed stream."
+    "Yield tar `archive` opened for reading, and its decompressed stream wrapped in `_CappedReads`."
     with open(archive, 'rb') as f: magic = f.read(6)
     decompressed = next((o for m, o in _COMPRESSIONS.items() if magic.startswith(m)), open)
-    with decompressed(archive, 'rb') as raw, tarfile.open(fileobj=_CappedReads(raw, archive), mode='r:') as t: yield t, raw
+    with decompressed(archive, 'rb') as raw:
+        stream = _CappedReads(raw, archive)
+        with tarfile.open(fileobj=stream, mode='r:') as t: yield t, stream
 
 def _extract_tar(archive, dest, max_files, max_bytes):
     "Extract tar `archive` into `dest` once every member header has passed the safety and size checks."
-    with _open_tar(archive) as (t, raw):
+    with _open_tar(archive) as (t, stream):
         members, links, n_bytes = [], set(), 0
         for m in t:
             _refuse(archive, m.name, _tar_member_problem(m, links))
             members.append(m)
             n_bytes += m.size if m.isreg() else 0
             _check_size(archive, len(members), n_bytes, max_files, max_bytes)
-        while raw.read(1 << 20): pass  # tarfile stops quietly at a cut; reading on to the end makes the decompressor raise
+        if stream.last != bytes(tarfile.BLOCKSIZE):  # tarfile stopped at a cut or at garbage, not at the end-of-archive marker
+            raise ArchiveError(f'{archive}: cut short or damaged after {len(members):,} members (no end-of-archive marker)')
+        while stream.read(1 << 20): pass  # reading on to the end makes a decompressor check its length and CRC
         t.extractall(dest, members=members, **_TAR_FILTER)
 
 def _extract_zip(archive, dest, max_files, max_bytes):
@@ -262,7 +326,7 @@ def _extract_zip(archive, dest, max_files, max_bytes):
     with zipfile.ZipFile(archive) as z:
         infos = z.infolist()
         for i in infos:
-            _refuse(archive, i.filename, _path_problem(PurePosixPath(i.filename)))
+            _refuse(archive, i.filename, _path_problem(i.filename))
             if i.flag_bits & 0x1: raise ArchiveError(f'{archive}: member {i.filename!r} is encrypted')
         _check_size(archive, len(infos), sum(i.file_size for i in infos), max_files, max_bytes)
         z.extractall(dest)
@@ -279,30 +343,44 @@ _MARKER = '.dl2_source'
 def _source(folder):
     "The URL that `untar_data` extracted `folder` from, or None if it did not make it."
     marker = folder/_MARKER
-    return marker.read_text().rstrip('\n') if marker.is_file() else None
+    return marker.read_text(encoding='utf-8').rstrip('\n') if marker.is_file() else None
 
 def _replace_dir(src, dest):
-    "Move folder `src` onto `dest` by renames, so `dest` is never seen half-written."
-    old = _tmp_sibling(dest, '.old')
+    "Move folder `src` onto `dest` by renames, so `dest` is never seen half-written; the old `dest` is back if that fails."
+    old = temp_beside(dest, 'old')
     if dest.exists(): os.replace(dest, old)
-    os.replace(src, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    try: os.replace(src, dest)
+    except OSError:
+        if old.exists(): os.replace(old, dest)
+        raise
+    _remove(old)
+
+def _outward_link(tmp, top):
+    "Member name and target of the first link extracted into `tmp` that would point outside `top` once `top` is moved; or None."
+    links = {}
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            if (path := Path(root, name)).is_symlink(): links[path.relative_to(top)] = os.readlink(path)
+    inside = {link.parts for link in links}
+    for link, target in links.items():
+        if Path(target).anchor or _escapes(link.parent/target, inside): return (top/link).relative_to(tmp).as_posix(), target
 
 def _extract_into_place(archive, dest, url, max_files, max_bytes):
     "Extract `archive` beside `dest`, label it with `url`, then move its content (or its single folder) onto `dest`."
-    tmp = _tmp_sibling(dest, '.extracting')
+    tmp = temp_beside(dest, 'extracting')
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         _safe_extract(archive, tmp, max_files, max_bytes)
         items = list(tmp.iterdir())
         top = items[0] if len(items) == 1 and items[0].is_dir() and not items[0].is_symlink() else tmp
+        if bad := _outward_link(tmp, top): _refuse(archive, bad[0], f'link to {bad[1]!r} would point outside {dest}')
         (top/_MARKER).unlink(missing_ok=True)  # never write through a link the archive put there
-        (top/_MARKER).write_text(url + '\n')
+        (top/_MARKER).write_text(url + '\n', encoding='utf-8')
         _replace_dir(top, dest)
     except ArchiveError: raise
     except OSError as e: raise OSError(e.errno, f'could not extract {archive} into {dest}: {e.strerror or e}') from e
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    finally: _remove(tmp)
 
 # %% ../nbs/01_datasets.ipynb #61a4a0db
 _ARCHIVE_EXTS = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar', '.zip')
@@ -317,12 +395,14 @@ def _archive_name(url):
 def _archive_path(url):
     "Where the archive at `url` is cached: its name and a hash of the whole URL, so different URLs never share a file."
     name, ext = _archive_name(url)
+    name = re.sub(r'[^\w.-]', '_', name)[:100]  # a name every system can store, short enough for the temporaries beside it
     return data_path()/'archive'/f'{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}{ext}'
 
 def _default_dest(url):
     "`data_path()/<name>` for the archive at `url`, unless that name would land on something that is not a dataset."
     name, _ = _archive_name(url)
-    if name in ('', '.', '..', 'archive'): raise ValueError(f'{url}: will not extract to {data_path()/name}; pass dest=')
+    if name in ('', '.', '..', 'archive') or PureWindowsPath(name).name != name:  # the last: a drive or a subfolder on Windows
+        raise ValueError(f'{url}: will not extract to {data_path()/name}; pass dest=')
     return data_path()/name
 
 def _holds(dest, url, force):
@@ -338,19 +418,6 @@ def _holds(dest, url, force):
         raise FileExistsError(f'{dest} holds the data of {source}, not {url}: pass dest= to keep both, or force=True to replace it')
     return not force
 
-@contextmanager
-def _data_lock():
-    "Hold the data folder's lock, so that processes sharing it download and extract one at a time."
-    path = data_path()/'.lock'
-    try: f = open(path, 'a')
-    except OSError as e: raise OSError(e.errno, f'cannot write to the data folder {path.parent} ({e.strerror}); set DL2_DATA to a writable folder') from e
-    with f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f'waiting for another process to finish with {path.parent} ...')
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
 def _cached(archive, checksum):
     "Whether `archive` is already downloaded and matches `checksum`, if one is given."
     return archive.exists() and (checksum is None or _file_hexdigest(archive, checksum) == checksum.lower())
@@ -358,18 +425,57 @@ def _cached(archive, checksum):
 @delegates(download_url)
 def untar_data(url, dest=None, checksum=None, force=False, *, max_bytes=4*_GiB, max_files=100_000, **kwargs) -> Path:
     "Download the archive at `url` (cached per URL) and extract it safely to `dest`, by default `data_path()/<name>`."
-    dest = Path(dest) if dest else _default_dest(url)
+    _hasher(checksum)  # a malformed checksum fails before any work
+    dest = Path(dest).expanduser() if dest else _default_dest(url)
     if _holds(dest, url, force): return dest
     with _data_lock():
         if _holds(dest, url, force): return dest  # another process may have made it while we waited
         archive = _archive_path(url)
-        for p in _leftovers(dest) + _leftovers(archive): shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        for p in (dest, archive): remove_dead_temps(p)
         if force or not _cached(archive, checksum): download_url(url, archive, checksum, max_bytes=max_bytes, **kwargs)
         try: _extract_into_place(archive, dest, url, max_files, max_bytes)
         except ArchiveError:
             archive.unlink(missing_ok=True)  # so that the next call downloads it afresh
             raise
     return dest
+
+# %% ../nbs/01_datasets.ipynb #c3a1e0f2
+_LOCK_BUSY = {errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK}  # flock answers EWOULDBLOCK, msvcrt EACCES
+
+def _lock(f, take=True):
+    "Take without waiting (or release) the lock on the open file `f`: flock on POSIX, a one-byte range on Windows."
+    if fcntl: return fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB if take else fcntl.LOCK_UN)
+    f.seek(0)  # msvcrt locks from the current position; byte 0 of the empty file lies past its end, which is allowed
+    msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
+
+def _wait_for_lock(f, path):
+    "Take the lock on the open file `f` at `path`, waiting for it as long as needed; False if its filesystem has no locks."
+    waiting = False
+    while True:
+        try:
+            _lock(f)
+            return True
+        except OSError as e:
+            if e.errno not in _LOCK_BUSY:
+                warnings.warn(f'{path}: no file locks here ({e.strerror}); processes sharing {path.parent} may download the same data at once')
+                return False
+        if not waiting: print(f'waiting for another process to finish with {path.parent} ...')
+        waiting = True
+        time.sleep(0.1)
+
+@contextmanager
+def _data_lock():
+    "Hold the data folder's lock, so that processes sharing it download and extract one at a time."
+    path = data_path()/'.lock'
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # data_path() leaves a folder it can't create to us
+        f = open(path, 'a')
+    except OSError as e: raise OSError(e.errno, f'cannot write to the data folder {path.parent} ({e.strerror}); set DL2_DATA to a writable folder') from e
+    with f:
+        locked = _wait_for_lock(f, path)
+        try: yield
+        finally:
+            if locked: _lock(f, take=False)
 
 # %% ../nbs/01_datasets.ipynb #af480fce
 _IDX_DTYPES = {0x08: 'u1', 0x09: 'i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
@@ -463,7 +569,7 @@ def find_mnist(name='fashion-mnist', download=True) -> Path:
         problems.append(problem)
     if download:
         try: return _download_mnist(name, base, checksums)
-        except DownloadError as e: problems.append(str(e))
+        except OSError as e: problems.append(str(e))  # a DownloadError, or a data folder that can't be written
     tried = '; '.join(problems) or f'nothing in {", ".join(map(str, folders))}'
     raise DatasetNotFoundError(f'{name} not found ({tried}). To get it, {_how_to_get(name)}.')
 

@@ -3,10 +3,12 @@
 #   bash tests/setup.sh [--dev] [COMMAND [ARG...]]        e.g.  bash tests/setup.sh dl2_train --epochs 3
 # The environment is the active one (a virtualenv's $VIRTUAL_ENV, or a conda env other than `base`), else `.venv` in
 # the repo root, made on first use: system Pythons (Debian's, Ubuntu's, Homebrew's) refuse `pip install` (PEP 668).
-# A new .venv sees the base Python's packages only when that Python already has PyTorch, to reuse it (several GB).
+# A new .venv sees the base Python's packages only when that Python already has PyTorch, to reuse it (GBs with CUDA).
 # Into the environment go PyTorch if missing, then dl2 itself, editable (with the dev tools for --dev); Fashion-MNIST
 # comes from Debian's `dataset-fashion-mnist` where apt exists. Safe to run again: it installs only what is missing.
-# PYTHON picks the Python that .venv is made from (default python3).
+# PYTHON picks the Python that .venv is made from (default python3). DL2_TORCH picks PyTorch's build on Linux: `cpu`
+# (PyTorch's own CPU-only wheels), `cuda` (PyPI's default, with CUDA) or `auto` (the default: cuda where nvidia-smi
+# lists a GPU, else cpu); macOS and Windows get PyPI's wheels, which are CPU (and MPS) builds there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "setup: $*" >&2; }
@@ -55,12 +57,40 @@ fi
 py=$env/bin/python
 [ -x "$py" ] || { say "the active environment $env has no bin/python"; exit 1; }
 
-if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then
-  say "installing PyTorch into $env: a download of about 3 GB on Linux (CUDA libraries included; 5.5 GB installed), 0.15 GB on macOS"
+torch_build() {   # cpu or cuda: DL2_TORCH's choice, else cpu on Linux unless nvidia-smi lists a GPU; cuda means PyPI's default
+  case "${DL2_TORCH:-auto}" in
+    cpu|cuda) echo "$DL2_TORCH";;
+    auto) if [ "$(uname -s)" = Linux ] && ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then echo cpu; else echo cuda; fi;;
+    *) say "DL2_TORCH=$DL2_TORCH: use cpu, cuda or auto"; return 1;;
+  esac
+}
+
+reachable() { "$py" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)' "$1" >/dev/null 2>&1; }
+
+install_torch() {   # PyTorch and torchvision, from PyTorch's CPU index where that is the choice and it can be reached
+  local cpu_index=https://download.pytorch.org/whl/cpu build
+  build=$(torch_build)
+  if [ "$build" = cpu ] && reachable "$cpu_index/torch/"; then
+    say "installing PyTorch's CPU build into $env (DL2_TORCH=cuda for the CUDA build): with dl2's other requirements about 0.25 GB to download, 1.1 GB installed"
+    # an extra index: PyPI still serves the other packages, and torch's +cpu versions sort above PyPI's same versions
+    "$py" -m pip install torch torchvision --extra-index-url "$cpu_index"
+    return
+  fi
+  if [ "$build" = cpu ]; then say "cannot reach $cpu_index: installing PyPI's default PyTorch instead"; fi
+  if [ "$(uname -s)" = Linux ]; then
+    say "installing PyTorch with CUDA into $env: with dl2's other requirements about 3 GB to download, 5.6 GB installed"
+  else
+    say "installing PyTorch into $env: with dl2's other requirements about 0.2 GB to download"
+  fi
   "$py" -m pip install torch torchvision
+}
+
+if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then install_torch; fi
+if "$py" tests/tools/installed.py ${extras:+--dev} 2>/dev/null; then say "dl2 and its requirements${extras:+ (with the dev tools)} are installed in $env"
+else
+  say "installing dl2 (editable, as the distribution dl2-foundations) and its requirements${extras:+, with the dev tools,} into $env"
+  "$py" -m pip install -q -e ".$extras"
 fi
-say "installing dl2 (editable) and its requirements${extras:+, with the dev tools} into $env"
-"$py" -m pip install -q -e ".$extras"
 
 fmnist=/usr/share/datasets/fashion-mnist
 if [ ! -f "$fmnist/train-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 "Offline tests of `dl2.datasets` downloads, extraction and caches against a local HTTP server and hostile inputs."
-import errno, gzip, hashlib, http.server, inspect, io, os, re, shutil, signal, socket, stat, struct, subprocess, sys
-import tarfile, tempfile, threading, time, tracemalloc, zipfile, zlib
+import errno, fcntl, gzip, hashlib, http.server, inspect, io, os, re, shutil, signal, socket, stat, struct, subprocess
+import sys, tarfile, tempfile, threading, time, tracemalloc, zipfile, zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -128,10 +128,10 @@ def tarinfo(name, type, linkname=''):
     return ti
 
 
-TMP_NAME = re.compile(r'\..+\.[0-9a-f]{8}\.(part|extracting|old)')
+TMP_NAME = re.compile(r'\..+\.[0-9a-f]{8}\.[0-9]+-[0-9a-f]{8}\.[a-z]+')
 
 def leftovers(root):
-    "Temporary files or folders (dl2 names them `.<name>.<8 hex>.<kind>`) left anywhere under `root`."
+    "Temporary files or folders (dl2 names them `.<name>.<8 hex>.<pid>-<machine>.<kind>`) left anywhere under `root`."
     return [p for p in Path(root).rglob('.*') if TMP_NAME.fullmatch(p.name)]
 
 
@@ -299,7 +299,23 @@ def test_empty_dest_is_filled(server, data, tmp_path):
     assert (ds.untar_data(server.url('/good.tgz'), tmp_path/'empty')/'a.txt').read_bytes() == b'alpha'
 
 
-def test_concurrent_calls_download_once(server, data):
+class WindowsLocking:
+    "msvcrt's byte-range locks as Windows answers (EACCES while another open file holds the range), made of flock so they exclude for real."
+    LK_UNLCK, LK_NBLCK = 0, 2
+    def __init__(self): self.calls = []
+    def locking(self, fd, mode, nbytes):
+        self.calls.append((mode, nbytes, os.lseek(fd, 0, os.SEEK_CUR)))
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if mode == self.LK_NBLCK else fcntl.LOCK_UN)
+        except BlockingIOError: raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
+
+
+@pytest.mark.parametrize('locks', ['posix', 'windows'])
+def test_concurrent_calls_download_once(server, data, monkeypatch, capsys, locks):
+    "Three callers at once: one downloads, two wait for the data folder's lock; on Windows that lock comes from msvcrt."
+    if locks == 'windows':
+        msvcrt = WindowsLocking()
+        monkeypatch.setattr(ds, 'fcntl', None)
+        monkeypatch.setattr(ds, 'msvcrt', msvcrt, raising=False)
     server.routes['/good.tgz'] = Route(tgz(GOOD), delay=0.5)
     url, results, errors = server.url('/good.tgz'), [], []
     def call():
@@ -310,6 +326,44 @@ def test_concurrent_calls_download_once(server, data):
     for t in threads: t.join()
     assert errors == [] and results == [data/'good'] * 3
     assert server.requests == ['/good.tgz'] and leftovers(data) == []
+    assert 'waiting for another process' in capsys.readouterr().out
+    if locks == 'windows':
+        modes = [mode for mode, nbytes, pos in msvcrt.calls]
+        assert modes.count(msvcrt.LK_UNLCK) == 3 and modes.count(msvcrt.LK_NBLCK) > 3  # the waiters tried more than once
+        assert all(nbytes == 1 and pos == 0 for mode, nbytes, pos in msvcrt.calls)
+
+
+NO_FCNTL_CHILD = '''
+import errno, fcntl as posix, subprocess, sys, types  # subprocess first: it takes an importable msvcrt to mean Windows
+calls = []
+def locking(fd, mode, nbytes):  # msvcrt.locking as Windows answers, made of flock
+    calls.append(mode)
+    try: posix.flock(fd, posix.LOCK_EX | posix.LOCK_NB if mode == 2 else posix.LOCK_UN)
+    except BlockingIOError: raise PermissionError(errno.EACCES, 'Permission denied') from None
+sys.modules['fcntl'] = None  # import fcntl fails, as on Windows
+sys.modules['msvcrt'] = types.SimpleNamespace(locking=locking, LK_UNLCK=0, LK_NBLCK=2)
+import dl2.imports, dl2.course, dl2.train, dl2.datasets as ds
+print(ds.untar_data(sys.argv[1]))
+print(*calls)
+'''
+
+def test_dl2_imports_and_untars_without_fcntl(data, tmp_path):
+    "Windows has no fcntl: dl2 must import all the same, and lock the data folder through msvcrt (a stand-in here)."
+    (tmp_path/'good.tgz').write_bytes(tgz(GOOD))
+    r = subprocess.run([sys.executable, '-c', NO_FCNTL_CHILD, (tmp_path/'good.tgz').as_uri()], env=child_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-2:] == [str(data/'good'), '2 0'] and (data/'good'/'a.txt').read_bytes() == b'alpha'
+
+
+def test_data_folder_without_file_locks(server, data, monkeypatch):
+    "Some network and FUSE filesystems have no locks: the work goes ahead unlocked, with a warning that says so."
+    def no_locks(f, operation): raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(ds.fcntl, 'flock', no_locks)
+    server.routes['/good.tgz'] = Route(tgz(GOOD))
+    with pytest.warns(UserWarning, match=rf'{re.escape(str(data/".lock"))}: no file locks here \(No locks available\)'):
+        path = ds.untar_data(server.url('/good.tgz'))
+    assert (path/'a.txt').read_bytes() == b'alpha' and leftovers(data) == []
 
 
 KILLED_CHILD = '''
@@ -330,6 +384,70 @@ def test_killed_runs_leave_nothing_for_long(server, data):
     assert not (data/'good').exists()
     assert (ds.untar_data(server.url('/good.tgz'))/'a.txt').read_bytes() == b'alpha'
     assert leftovers(data) == []
+
+
+def waiting_child(code, *args):
+    "Start a child running `code`, which prints the name of a temporary it made and then waits; the process, and that path."
+    p = subprocess.Popen([sys.executable, '-c', code, *map(str, args)], env=child_env(), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    name = p.stdout.readline().strip()
+    assert name, 'the child died before making its temporary'
+    return p, Path(args[0]).parent/name
+
+
+def stop(p):
+    p.kill()
+    p.communicate(timeout=60)
+
+
+WRITER_CHILD = '''
+import os, signal, sys
+from dl2.datasets import atomic_write
+with atomic_write(sys.argv[1]) as tmp:
+    tmp.write_bytes(b'half a checkpoint')
+    print(tmp.name, flush=True)
+    if sys.argv[2] == 'kill': os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+    sys.stdin.read()  # a writer that is still at work
+'''
+
+def test_killed_writer_leftover_removed_by_the_next_write(tmp_path):
+    dest = tmp_path/'checkpoint.pth'
+    killed, dead_tmp = waiting_child(WRITER_CHILD, dest, 'kill')
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert dead_tmp.read_bytes() == b'half a checkpoint' and f'.{killed.pid}-' in dead_tmp.name
+    live, live_tmp = waiting_child(WRITER_CHILD, dest, 'live')
+    try:
+        with ds.atomic_write(dest) as tmp: tmp.write_bytes(b'whole')
+        assert dest.read_bytes() == b'whole' and not dead_tmp.exists()
+        assert live_tmp.read_bytes() == b'half a checkpoint'  # never pulled from under a running writer
+        assert ds.remove_dead_temps(dest) == []
+    finally: stop(live)
+    assert ds.remove_dead_temps(dest) == [live_tmp]
+    assert list(tmp_path.iterdir()) == [dest] and dest.read_bytes() == b'whole'
+
+
+HOLDER_CHILD = '''
+import sys
+from dl2.datasets import temp_beside
+tmp = temp_beside(sys.argv[1], 'extracting')
+tmp.mkdir()
+(tmp/'half.txt').write_text('half')
+print(tmp.name, flush=True)
+sys.stdin.read()
+'''
+
+def test_untar_data_spares_a_running_process_leftover(server, data, tmp_path):
+    "untar_data's cleanup deletes the leftovers of ended processes only, even beside a `dest` outside the data folder."
+    server.routes['/good.tgz'] = Route(tgz(GOOD))
+    dest = tmp_path/'good'
+    holder, held = waiting_child(HOLDER_CHILD, dest)
+    try:
+        assert (ds.untar_data(server.url('/good.tgz'), dest)/'a.txt').read_bytes() == b'alpha'
+        assert (held/'half.txt').read_text() == 'half'
+    finally: stop(holder)
+    assert ds.untar_data(server.url('/good.tgz'), dest, force=True) == dest
+    assert not held.exists() and leftovers(tmp_path) == []
 
 
 READ_ONLY_CHILD = '''
@@ -364,6 +482,45 @@ def test_read_only_data_folder(server, fake_mnist):
         assert sorted(p.name for p in data.iterdir()) == ['mnist'] and server.requests == []
     finally:
         for p in (data, data/'mnist'): p.chmod(0o755)
+        shutil.rmtree(root)
+
+
+UNCREATABLE_CHILD = '''
+import sys, warnings
+from pathlib import Path
+import dl2.datasets as ds
+ds.FASHION_MNIST_DEBIAN, ds.URLs.MNIST = Path(sys.argv[2]), sys.argv[3]
+print('data_path:', ds.data_path())
+try: ds.untar_data(sys.argv[1])
+except PermissionError as e: print('untar_data:', e)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    print('get_data:', tuple(ds.get_data()[0].shape), *[str(w.message) for w in caught])
+try: ds.find_mnist('mnist')
+except ds.DatasetNotFoundError as e: print('find_mnist:', e)
+'''
+
+@pytest.mark.skipif(AS_UNPRIVILEGED and not shutil.which('setpriv'), reason='running as root, and no setpriv to drop its privileges')
+def test_data_folder_that_cannot_be_created(server, fake_mnist, tmp_path):
+    "$DL2_DATA (or ~/.dl2) on a read-only disk: what is readable elsewhere still loads, and writers name the folder."
+    root = Path(tempfile.mkdtemp())
+    data = root/'ro'/'data'
+    try:
+        (root/'ro').mkdir()
+        (root/'ro').chmod(0o555)
+        (tmp_path/'debian').mkdir()
+        for fname, body in fake_mnist.items(): (tmp_path/'debian'/fname).write_bytes(body)
+        server.routes['/good.tgz'] = Route(tgz(GOOD))
+        r = subprocess.run([*AS_UNPRIVILEGED, sys.executable, '-c', UNCREATABLE_CHILD, server.url('/good.tgz'), tmp_path/'debian',
+                            server.url('/mnist/')], env=child_env(DL2_DATA=str(data)), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert f'data_path: {data}' in r.stdout
+        assert f'cannot write to the data folder {data} (Permission denied); set DL2_DATA' in r.stdout
+        assert 'get_data: (60000, 784)' in r.stdout and f'could not cache the decoded data at {data}' in r.stdout
+        assert re.search(rf"find_mnist: mnist not found \(.*Permission denied: '{re.escape(str(data))}.*DL2_DATA", r.stdout)
+        assert not data.exists() and server.requests == []
+    finally:
+        (root/'ro').chmod(0o755)
         shutil.rmtree(root)
 
 
@@ -473,6 +630,15 @@ def test_understated_content_length(server, data):
     assert not (data/'short').exists() and archives(data) == [] and leftovers(data) == []
 
 
+def test_url_with_an_accent_and_a_space(server, data):
+    "http.client takes ASCII only; the URL is percent-encoded as a browser would, and its folder keeps the readable name."
+    server.routes['/caf%C3%A9%20menu.tgz'] = Route(tgz({'x/a.txt': b'a'}))
+    url = server.url('/café menu.tgz')
+    path = ds.untar_data(url)
+    assert path == data/'café menu' and (path/'a.txt').read_bytes() == b'a'
+    assert ds.untar_data(url) == path and server.requests == ['/caf%C3%A9%20menu.tgz']
+
+
 def test_redirect_within_http_followed(server, data):
     server.routes['/old.tgz'] = Route(status=301, location='/good.tgz')
     server.routes['/good.tgz'] = Route(tgz(GOOD))
@@ -506,6 +672,9 @@ UNSAFE = {
     'hardlink-out': ({tarinfo('evil/hard', tarfile.LNKTYPE, '../outside.txt'): None}, 'evil/hard'),
     'hardlink-abs': ({tarinfo('evil/hard', tarfile.LNKTYPE, '/ABS/outside.txt'): None}, 'evil/hard'),
     'device': ({tarinfo('evil/dev', tarfile.CHRTYPE): None}, 'evil/dev'),
+    # inside the temporary folder while extracting, outside `dest` once the single top folder `evil` becomes it
+    'symlink-up-after-move': ({'evil/ok.txt': b'ok', tarinfo('evil/up', tarfile.SYMTYPE, '..'): None}, 'evil/up'),
+    'symlink-out-and-back': ({'evil/ok.txt': b'ok', tarinfo('evil/sub/back', tarfile.SYMTYPE, '../../evil/ok.txt'): None}, 'evil/sub/back'),
 }
 
 
@@ -522,6 +691,51 @@ def test_unsafe_archive_refused(server, data, tmp_path, kind):
     assert not (data/'evil').exists() and archives(data) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ['data', 'outside.txt'] and leftovers(tmp_path) == []
     assert (tmp_path/'outside.txt').read_text() == 'untouched'
+
+
+def test_links_within_the_dataset_kept(server, data):
+    server.routes['/links.tgz'] = Route(tgz({'links/a.txt': b'a', tarinfo('links/sub/a', tarfile.SYMTYPE, '../a.txt'): None,
+                                             tarinfo('links/same', tarfile.SYMTYPE, 'a.txt'): None}))
+    path = ds.untar_data(server.url('/links.tgz'))
+    assert (path/'sub'/'a').read_bytes() == b'a' and (path/'same').is_symlink() and (path/'same').read_bytes() == b'a'
+
+
+def plain_tar(n):
+    "A plain .tar as bytes: `n` members of 1000 bytes, each a 512-byte header and 1024 bytes of padded data."
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as t:
+        for i in range(n):
+            ti = tarfile.TarInfo(f'cut/{i:03d}.txt')
+            ti.size = 1000
+            t.addfile(ti, io.BytesIO(bytes(1000)))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize('cut', [40 * 1536, 40 * 1536 + 100, 40 * 1536 + 700], ids=['at-a-member', 'in-a-header', 'in-data'])
+@pytest.mark.parametrize('ext', ['.tar', '.tgz'])
+def test_tar_cut_short_without_a_length(server, data, ext, cut):
+    "A server that announces no length hangs up after 40 of 100 members: no byte count to check, and a tar has no CRC."
+    pack = gzip.compress if ext == '.tgz' else bytes  # .tgz: a whole gzip stream of a cut tar
+    whole = plain_tar(100)
+    server.routes[f'/cut{ext}'] = Route(pack(whole[:cut]), length='')
+    with pytest.raises(ds.ArchiveError, match=rf'archive/cut-\w+\{ext}'): ds.untar_data(server.url(f'/cut{ext}'))
+    assert archives(data) == [] and not (data/'cut').exists() and leftovers(data) == []
+    server.routes[f'/cut{ext}'] = Route(pack(whole), length='')
+    assert len(list(ds.untar_data(server.url(f'/cut{ext}')).glob('*.txt'))) == 100
+    assert len(server.requests) == 2
+
+
+def test_every_cut_of_a_tar_refused(data, tmp_path):
+    "Wherever a tar is cut before the end of its end-of-archive marker, it is refused; from there on nothing is missing."
+    whole = plain_tar(10)
+    marker_end = 10 * 1536 + 512
+    src = tmp_path/'cut.tar'
+    for cut in sorted([*range(0, marker_end, 512), *range(100, marker_end, 512), marker_end, len(whole)]):
+        src.write_bytes(whole[:cut])
+        if cut < marker_end:
+            with pytest.raises(ds.ArchiveError, match=r'cut-\w+\.tar'): ds.untar_data(src.as_uri(), tmp_path/f'out{cut}')
+        else: assert len(list(ds.untar_data(src.as_uri(), tmp_path/f'out{cut}').glob('*.txt'))) == 10
+    assert sorted(p.name for p in tmp_path.glob('out*')) == [f'out{marker_end}', f'out{len(whole)}']
 
 
 def test_unsafe_zip_refused(server, data):

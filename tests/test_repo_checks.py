@@ -57,12 +57,15 @@ def test_sidebar_drift_detects_a_missing_notebook(project_copy):
     assert sidebar_drift(project_copy) == ['nbs/sidebar.yml'] and '00_core.ipynb' in sidebar.read_text()
 
 def test_kernelspec_required_and_kept_by_nbdev_clean(tmp_path):
+    "What the README's ways of opening a notebook save passes, after nbdev_clean; a kernel registered under another name fails."
     _nb(tmp_path/'none.ipynb', 'x = 1')
     _nb(tmp_path/'r.ipynb', 'x = 1', metadata={'kernelspec': {'display_name': 'R', 'language': 'R', 'name': 'ir'}})
-    _nb(tmp_path/'py3.ipynb', 'x = 1', metadata={'kernelspec': {**PY3['kernelspec'], 'display_name': 'Python 3 (ipykernel)'}})
-    assert [nb.name for nb in missing_kernelspec(tmp_path)] == ['none.ipynb', 'r.ipynb']
-    subprocess.run(['nbdev_clean', '--fname', str(tmp_path/'py3.ipynb')], check=True)
-    assert json.loads((tmp_path/'py3.ipynb').read_text())['metadata'] == PY3
+    _nb(tmp_path/'registered.ipynb', 'x = 1', metadata={'kernelspec': {'display_name': 'Python 3 (dl2)', 'language': 'python', 'name': 'dl2'}})
+    _nb(tmp_path/'lab.ipynb', 'x = 1', metadata={'kernelspec': {**PY3['kernelspec'], 'display_name': 'Python 3 (ipykernel)'}})
+    _nb(tmp_path/'vscode.ipynb', 'x = 1', metadata={'kernelspec': {**PY3['kernelspec'], 'display_name': '.venv'}})
+    for nb in tmp_path.glob('*.ipynb'): subprocess.run(['nbdev_clean', '--fname', str(nb)], check=True)
+    assert [nb.name for nb in missing_kernelspec(tmp_path)] == ['none.ipynb', 'r.ipynb', 'registered.ipynb']
+    for name in ['lab.ipynb', 'vscode.ipynb']: assert json.loads((tmp_path/name).read_text())['metadata'] == PY3
 
 def test_readme_from_index(tmp_path):
     _nb(tmp_path/'index.ipynb', '# dl2\n\nIntro.\n', '## Use\n\n```bash\nbash tests/run.sh\n```', cell_type='markdown', metadata=PY3)

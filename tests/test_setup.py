@@ -39,7 +39,7 @@ def setup_sh(repo, *cmd, **env):
     return subprocess.run(['bash', 'tests/setup.sh', *cmd], cwd=repo, env={**base, **env}, capture_output=True, text=True, timeout=900)
 
 def test_scripts_parse():
-    for script in ['tests/setup.sh', 'tests/run.sh', '.ci/run']: subprocess.run(['bash', '-n', ROOT/script], check=True)
+    for script in ['tests/setup.sh', 'tests/run.sh', '.ci/run', 'benchmarks/gpu_check.sh']: subprocess.run(['bash', '-n', ROOT/script], check=True)
 
 @pytest.mark.skipif(SYSTEM_PY is None, reason='no externally managed Python 3.10+ with venv at /usr/bin, /opt/homebrew/bin or /usr/local/bin')
 def test_system_python_gets_a_venv_then_active_envs_are_used(checkout, torch_stub):
@@ -53,12 +53,13 @@ def test_system_python_gets_a_venv_then_active_envs_are_used(checkout, torch_stu
     assert 'include-system-site-packages = true' in (venv/'pyvenv.cfg').read_text()   # the base "has" PyTorch: reused
     assert 'installing PyTorch' not in r.stderr
 
-    # run again: the venv is kept, and the command's exit code comes back
+    # run again: the venv is kept, nothing is installed (offline works), and the command's exit code comes back
     made = (venv/'pyvenv.cfg').stat().st_mtime_ns
-    r = setup_sh(repo, 'sh', '-c', 'command -v dl2_train; exit 7', PYTHON=SYSTEM_PY, PYTHONPATH=str(torch_stub))
+    r = setup_sh(repo, 'sh', '-c', 'command -v dl2_train; exit 7', PYTHON=SYSTEM_PY, PYTHONPATH=str(torch_stub), PIP_NO_INDEX='1')
     assert r.returncode == 7, r.stderr
     assert r.stdout.strip() == str(venv/'bin'/'dl2_train')
     assert (venv/'pyvenv.cfg').stat().st_mtime_ns == made and 'creating .venv' not in r.stderr
+    assert 'installing' not in r.stderr and 'dl2 and its requirements are installed' in r.stderr
 
     # an active virtualenv, then a conda env (not `base`): installed into, used, and no .venv of their own
     for env in [dict(VIRTUAL_ENV=str(venv)), dict(CONDA_PREFIX=str(venv), CONDA_DEFAULT_ENV='dl2')]:
@@ -98,3 +99,53 @@ def test_missing_venv_package_is_installed_or_named(checkout, no_venv_module, en
     assert (no_venv_module.parent/'calls').read_text().splitlines()[-1] == f'apt-get install -y -qq {pkg}'
     assert r.stderr.strip().splitlines()[-1] == (f'setup: could not install {pkg}: install it (sudo apt install {pkg}) '
                                                  'or activate a Python environment of your own, then run this again')
+
+CPU_INDEX = 'https://download.pytorch.org/whl/cpu'
+
+@pytest.fixture
+def fake_machine(tmp_path):
+    """Run setup.sh on a pretend machine, offline, in seconds: an active environment whose `python` has no PyTorch, logs
+    each `pip` call and reaches PyTorch's CPU index when REACHABLE=1; `uname`, `nvidia-smi` (a GPU when GPU=1, else a
+    missing driver) and a failing `apt-get` on PATH. Returns a function giving setup.sh's result and its pip calls."""
+    env, bin = tmp_path/'env', tmp_path/'bin'
+    (env/'bin').mkdir(parents=True); bin.mkdir()
+    log = tmp_path/'pip.log'
+    scripts = {
+        env/'bin'/'python': f'''case "$*" in
+            *"import torch, torchvision"*) exit 1;;
+            *urlopen*) [ "$3" = {CPU_INDEX}/torch/ ] && [ "$REACHABLE" = 1 ];;
+            "-m pip "*) shift 2; echo "pip $*" >> {log};;
+            *) exit 1;;   # the "installed?" check: not yet
+            esac''',
+        bin/'uname': 'echo "${FAKE_OS:-Linux}"',
+        bin/'nvidia-smi': '''[ "$GPU" = 1 ] || { echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."; exit 9; }
+            echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"''',
+        bin/'apt-get': 'exit 1',
+    }
+    for path, body in scripts.items(): path.write_text('#!/bin/sh\n' + body + '\n'); path.chmod(0o755)
+    def run(**env_vars):
+        if log.exists(): log.unlink()
+        r = setup_sh(ROOT, 'true', VIRTUAL_ENV=str(env), PATH=f'{bin}{os.pathsep}{os.environ["PATH"]}', **env_vars)
+        return r, log.read_text().splitlines() if log.exists() else []
+    return run
+
+DEFAULT, CPU = 'pip install torch torchvision', f'pip install torch torchvision --extra-index-url {CPU_INDEX}'
+
+@pytest.mark.parametrize('os_name, gpu, choice, reachable, expected, says', [
+    ('Linux', '0', '', '1', CPU, "PyTorch's CPU build"),    # a laptop without an NVIDIA GPU: CPU wheels
+    ('Linux', '1', '', '1', DEFAULT, 'PyTorch with CUDA'),     # a GPU machine: PyPI's CUDA build
+    ('Linux', '0', '', '0', DEFAULT, 'cannot reach'),       # the CPU index cannot be reached: PyPI's default
+    ('Linux', '0', 'cuda', '1', DEFAULT, 'PyTorch with CUDA'), # chosen either way with DL2_TORCH
+    ('Linux', '1', 'cpu', '1', CPU, "PyTorch's CPU build"),
+    ('Darwin', '0', '', '1', DEFAULT, '0.2 GB'),           # macOS: PyPI's wheels are CPU/MPS builds already
+])
+def test_pytorch_build_choice(fake_machine, os_name, gpu, choice, reachable, expected, says):
+    r, pip = fake_machine(FAKE_OS=os_name, GPU=gpu, DL2_TORCH=choice, REACHABLE=reachable)
+    assert r.returncode == 0, r.stderr
+    assert pip == [expected, 'pip install -q -e .'], r.stderr
+    assert says in r.stderr
+
+def test_pytorch_build_choice_is_checked(fake_machine):
+    r, pip = fake_machine(DL2_TORCH='gpu', REACHABLE='1')
+    assert r.returncode != 0 and pip == []
+    assert 'DL2_TORCH=gpu: use cpu, cuda or auto' in r.stderr

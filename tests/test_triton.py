@@ -18,6 +18,7 @@ DEVICE = 'cpu' if tk._INTERPRET else 'cuda'
 from dl2.batchnorm import RunningBatchNorm
 from dl2.fast.batchnorm import _RunningBNFunction, running_bn_step
 from dl2.optimizers import StatefulOptimizer, adam_stats, lamb_step, lamb
+from dl2.fast.optimizers import fused
 
 def bn_reference(x, mults, adds, means, vars, eps, w2, min_var, g):
     "Output, updated statistics and gradients of dl2's PyTorch training step of `RunningBatchNorm`, in float64."
@@ -33,9 +34,7 @@ def rbn_pair(nf, mom):
 
 def lamb_reference(params, **hyper):
     "dl2's LAMB as the lesson writes it (per tensor, PyTorch operations) over `params`."
-    opt = StatefulOptimizer(params, [lamb_step], stats=adam_stats(), **hyper)
-    opt.fused = False
-    return opt
+    return StatefulOptimizer(params, [lamb_step], stats=adam_stats(), **hyper)
 
 # ---- tolerances, as a fraction of the reference's largest magnitude
 # float32 arithmetic and accumulation: a few 1e-7 relative, more where a mean is large against the spread (1e-5 allows
@@ -246,8 +245,7 @@ def test_no_host_sync(monkeypatch):
     mults, adds, means, vars = [torch.full((3,), v, device=DEVICE) for v in (1., 0., 0., 1.)]
     mults.requires_grad_()
     eps, g = torch.tensor(1e-5, device=DEVICE), torch.randn_like(x)
-    rbn, opt = RunningBatchNorm(3, kernel='triton').to(DEVICE), lamb([p.clone().requires_grad_() for p in ps], lr=0.01)
-    opt.fused = 'triton'
+    rbn, opt = RunningBatchNorm(3, kernel='triton').to(DEVICE), fused(lamb, lamb_route='triton')([p.clone().requires_grad_() for p in ps], lr=0.01)
     for p in opt.param_groups[0]['params']: p.grad = torch.randn_like(p)
     rbn(x.detach())   # the first call reads the module's counters once, after construction
     with no_host_sync(monkeypatch):
@@ -293,9 +291,9 @@ def test_lamb_route_of_the_optimizer():
     shapes = [(3000,), (4, 5), (7,)]
     ws = [torch.randn(s) for s in shapes]
     runs = []
-    for fused, dev in ((False, 'cpu'), ('triton', DEVICE)):
+    for opt_func, dev in ((lamb, 'cpu'), (fused(lamb, lamb_route='triton'), DEVICE)):
         ps = [w.clone().to(dev).requires_grad_() for w in ws]
-        opt = lamb(ps, lr=0.01, wd=0.1); opt.fused = fused
+        opt = opt_func(ps, lr=0.01, wd=0.1)
         g = torch.Generator().manual_seed(1)
         for i in range(4):
             for j, p in enumerate(ps): p.grad = None if (i, j) == (1, 1) else torch.randn(p.shape, generator=g).to(dev)

@@ -47,7 +47,7 @@ def sidebar_drift(root=ROOT):
     return drift(root, ['nbdev_sidebar'], 'nbs/sidebar.yml')
 
 def missing_kernelspec(nbs_path):
-    "The notebooks whose metadata lacks a Python 3 kernelspec (Jupyter then asks for a kernel; nbdev_clean keeps one)."
+    "The notebooks whose kernelspec is not `python3`: Jupyter elsewhere would ask for a kernel (nbdev_clean keeps the name)."
     def ok(nb): return json.loads(nb.read_text(encoding='utf-8'))['metadata'].get('kernelspec', {}).get('name') == 'python3'
     return [nb for nb in notebooks(nbs_path) if not ok(nb)]
 
@@ -64,8 +64,9 @@ def main(args=()):
         return 0
     problems = [f'{nb.relative_to(ROOT)} cell {i}: legacy directive {line.strip()!r} is ignored by nbdev 2; write "#| {line.strip().lstrip("#").strip()}"'
                 for nb, i, line in legacy_directives(ROOT/'nbs')]
-    problems += [f'{nb.relative_to(ROOT)} has no Python 3 kernelspec: set its metadata "kernelspec" to '
-                 '{"display_name": "python3", "language": "python", "name": "python3"}' for nb in missing_kernelspec(ROOT/'nbs')]
+    problems += [f'{nb.relative_to(ROOT)} has no Python 3 kernelspec (saved with a kernel of another name?): set its metadata '
+                 '"kernelspec" to {"display_name": "python3", "language": "python", "name": "python3"}, or save it again from '
+                 "the environment's own Jupyter or with .venv's Python as VS Code's kernel" for nb in missing_kernelspec(ROOT/'nbs')]
     for changed, fix in [(export_drift(), 'nbdev_export changed {}: commit the exported files'),
                          (clean_drift(), 'nbdev_clean changed {}: commit the cleaned notebooks'),
                          (sidebar_drift(), 'nbdev_sidebar changed {}: commit it')]:
