@@ -6,7 +6,7 @@ __all__ = ['DATASETS', 'fashion_mnist_folder', 'DecodeResize', 'map_threads', 'T
            'dataset_databunch']
 
 # %% ../nbs/08a_image_folder.ipynb #a8e10003
-import hashlib, json, math, os, re, shutil, signal, socket, sys, tempfile, threading, time, warnings
+import hashlib, json, math, os, re, shutil, signal, sys, threading, time, warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,26 +87,6 @@ def _run_pool(jobs, n_workers=None):
             ex.shutdown(cancel_futures=True)
             raise
 
-# %% ../nbs/08a_image_folder.ipynb #a8e1000b
-_BUILD = re.compile(r'\..+\.tmp-(.+)-(\d+)-\w+')   # `_build_folder`'s names: .<dest>.tmp-<host>-<pid>-<random>
-
-def _build_folder(dest):
-    "A new hidden folder beside `dest` to build it in, named after this machine and process."
-    return Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-{socket.gethostname()}-{os.getpid()}-', dir=dest.parent))
-
-def _alive(pid):
-    "Whether process `pid` exists on this machine."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass   # another user's
-    return True
-
-def _remove_dead_builds(folder):
-    "Remove the build folders in `folder` of processes of this machine that are gone."
-    host = socket.gethostname()
-    for p in folder.iterdir():
-        if (m := _BUILD.fullmatch(p.name)) and m[1] == host and not _alive(int(m[2])): shutil.rmtree(p, ignore_errors=True)
-
 # %% ../nbs/08a_image_folder.ipynb #a8e1000d
 def _summary(folder):
     "`{'split/class': [files, bytes]}` of a PNG folder: what its completion marker records."
@@ -130,9 +110,10 @@ def fashion_mnist_folder(name='fashion-mnist', n_per_class=None, n_workers=None)
     "`data_path()/'{name}-png'` (`-{n_per_class}` for a subset): `train/` and `val/` class folders of PNGs of `name` ('fashion-mnist' or 'mnist'), written once, checked every time."
     dest = data_path()/(f'{name}-png' if n_per_class is None else f'{name}-png-{n_per_class}')
     if _intact(dest): return dest
-    _remove_dead_builds(dest.parent)
+    for d in {dest, dest.with_name(f'{name}-png')}: remove_dead_temps(d)   # what killed builds of it, or of the whole dataset, left
     if dest.exists(): warnings.warn(f'{dest} is incomplete, damaged or from an older dl2: writing it again')
-    tmp = _build_folder(dest)
+    tmp = temp_beside(dest, 'build')
+    tmp.mkdir(parents=True)
     try:
         jobs = _png_jobs(name, tmp, n_per_class)
         print(f'dl2: writing {name} as PNG files in {dest} (once; under a minute)...', file=sys.stderr, flush=True)
