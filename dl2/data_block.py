@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['image_extensions', 'get_files', 'ItemList', 'BadImageError', 'upright', 'ImageList', 'image_problem', 'ItemOrder',
            'BatchOrder', 'Transform', 'is_grey', 'make_rgb', 'make_grey', 'split_by_func', 'grandparent_splitter',
-           'random_splitter', 'SplitData', 'Processor', 'CategoryProcessor', 'parent_labeler', 'LabeledData',
+           'random_splitter', 'SplitData', 'Processor', 'CategoryProcessor', 'LabeledData', 'parent_labeler',
            'label_by_func', 'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'show_image', 'show_batch',
            'ImageCollate', 'normalize_chan', 'Normalize', 'channel_stats']
 
@@ -248,10 +248,6 @@ class CategoryProcessor(Processor):
     def deprocess(self, idxs): return [self.vocab[i] for i in idxs]
     def deproc1(self, idx): return self.vocab[idx]
 
-def parent_labeler(fn):
-    "The name of the folder holding `fn`."
-    return Path(fn).parent.name
-
 # %% ../nbs/08_data_block.ipynb #5b1d8f62
 class LabeledData():
     "Inputs `x` and targets `y` (`ItemList`s), each processed once by its processors."
@@ -287,6 +283,10 @@ def y_obj(self:LabeledData, idx):
     return self.obj(self.y, idx, self.proc_y)
 
 # %% ../nbs/08_data_block.ipynb #8e3b1a97
+def parent_labeler(fn):
+    "The name of the folder holding `fn`."
+    return Path(fn).parent.name
+
 def label_by_func(sd, f, proc_x=None, proc_y=None, cls=LabeledData):
     "Both halves of `sd` labelled by `f`, with shared processors so validation reuses the training vocab."
     return SplitData(*(cls.label_by_func(o, f, proc_x=proc_x, proc_y=proc_y) for o in (sd.train, sd.valid)))
@@ -330,6 +330,7 @@ def show_image(im, ax=None, figsize=(3, 3), title=None):
     ax.axis('off')
     return ax
 
+# %% ../nbs/08_data_block.ipynb #3e8b7f21
 def _first_batch(data, n):
     "The first `n` images of a training batch of `data`, in [0, 1], and their class names."
     xb, yb = next(iter(data.train_dl))
