@@ -1,35 +1,29 @@
 """Forward+backward time of `RunningBatchNorm` in training mode, as a ratio to `nn.BatchNorm2d` measured in the same run.
 
-The two lesson versions (teaching code in nbs/07_batchnorm.ipynb, read from there) are timed beside it, and so is
-dl2's PyTorch route (`kernel='torch'`, what runs where no kernel does: no compiler, no Triton, other dtypes) and
-dl2's lesson code (`kernel=False`).
+`FastRunningBatchNorm` (what `fast_batchnorm(model)` switches a model to: dl2's C++ kernel on the CPU, Triton on a GPU) is
+timed beside its PyTorch route (`route='torch'`, what runs where no kernel does: no compiler, no Triton, other dtypes),
+dl2's lesson class `RunningBatchNorm`, and the two lessons' own versions (`Lesson10RunningBatchNorm`,
+`Lesson11RunningBatchNorm`).
 Modules are run interleaved, in a rotating order, and the median of the repeats is reported.
 
     python benchmarks/bench_batchnorm.py                 # CPU (dl2's C++ kernel), goal: at most 1.2x BatchNorm2d
     python benchmarks/bench_batchnorm.py --device cuda   # GPU, goal: at most 1.5x
     python benchmarks/bench_batchnorm.py --threads 1 --clock cpu   # a busy shared CPU: count only this process's CPU time
 """
-import argparse, json, statistics, time
-from pathlib import Path
+import argparse, statistics, time
 import torch
 from torch import nn
-from dl2.batchnorm import RunningBatchNorm
-from dl2.fast.batchnorm import running_bn_kernel
+from dl2.batchnorm import Lesson10RunningBatchNorm, Lesson11RunningBatchNorm, RunningBatchNorm
+from dl2.fast.batchnorm import FastRunningBatchNorm, running_bn_kernel
 
 SHAPES = [(64, 32, 28, 28), (8, 128, 32, 32), (2, 64, 56, 56)]
 GOALS = {'cpu': 1.2, 'cuda': 1.5}
-NB = Path(__file__).resolve().parent.parent/'nbs'/'07_batchnorm.ipynb'
 
-def lesson_classes(names=('RunningBatchNorm10', 'LessonRunningBatchNorm11')):
-    "The notebook's teaching classes `names`, executed from their cells so there is one copy of them."
-    ns = {}
-    exec('from dl2.imports import *', ns)
-    for cell in json.loads(NB.read_text())['cells']:
-        src = ''.join(cell['source'])
-        if cell['cell_type'] == 'code' and any(src.startswith(f'class {n}(') for n in names): exec(src, ns)
-    missing = [n for n in names if n not in ns]
-    if missing: raise RuntimeError(f'{NB}: no cell defines {missing}')
-    return [ns[n] for n in names]
+def torch_route(nf):
+    "A `FastRunningBatchNorm` held to its PyTorch route."
+    m = FastRunningBatchNorm(nf)
+    m.route = 'torch'
+    return m
 
 def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
@@ -46,10 +40,9 @@ def time_step(mod, x, g, device, clock):
 
 def bench_shape(shape, device, reps, clock=time.perf_counter, warmup=3):
     "Median forward+backward seconds of each module on inputs of `shape`."
-    rbn10, rbn11 = lesson_classes()
     nf = shape[1]
-    mods = {'BatchNorm2d': nn.BatchNorm2d(nf), 'RunningBatchNorm': RunningBatchNorm(nf),
-            'PyTorch route': RunningBatchNorm(nf, kernel='torch'), 'dl2 lesson code': RunningBatchNorm(nf, kernel=False), 'lesson 11': rbn11(nf), 'lesson 10': rbn10(nf)}
+    mods = {'BatchNorm2d': nn.BatchNorm2d(nf), 'fast': FastRunningBatchNorm(nf), 'PyTorch route': torch_route(nf),
+            'dl2 lesson class': RunningBatchNorm(nf), 'lesson 11': Lesson11RunningBatchNorm(nf), 'lesson 10': Lesson10RunningBatchNorm(nf)}
     mods = {k: m.to(device).train() for k, m in mods.items()}
     x = torch.randn(shape, device=device).requires_grad_()
     g = torch.randn(shape, device=device)
@@ -81,13 +74,13 @@ def main():
         built = running_bn_kernel() is not None
         print(f"RunningBatchNorm's C++ kernel: {'ready' if built else 'NOT AVAILABLE (the PyTorch route is timed)'} "
               f"in {time.perf_counter() - start:.1f} s")
-    print(f"{'shape':>18} {'BatchNorm2d ms':>15} {'RunningBatchNorm':>17} {'PyTorch route':>14} {'dl2 lesson':>11} {'lesson 11':>10} {'lesson 10':>10}  goal")
+    print(f"{'shape':>18} {'BatchNorm2d ms':>15} {'FastRunningBN':>14} {'PyTorch route':>14} {'dl2 lesson':>11} {'lesson 11':>10} {'lesson 10':>10}  goal")
     for shape in SHAPES:
         med = bench_shape(shape, device, args.reps, clock)
         base = med['BatchNorm2d']
         ratios = {k: v / base for k, v in med.items()}
-        ok = '' if goal is None else ('ok' if ratios['RunningBatchNorm'] <= goal else f'MISSED (>{goal}x)')
-        print(f"{str(shape):>18} {base*1e3:15.2f} {ratios['RunningBatchNorm']:16.2f}x {ratios['PyTorch route']:13.2f}x {ratios['dl2 lesson code']:10.2f}x {ratios['lesson 11']:9.2f}x "
+        ok = '' if goal is None else ('ok' if ratios['fast'] <= goal else f'MISSED (>{goal}x)')
+        print(f"{str(shape):>18} {base*1e3:15.2f} {ratios['fast']:13.2f}x {ratios['PyTorch route']:13.2f}x {ratios['dl2 lesson class']:10.2f}x {ratios['lesson 11']:9.2f}x "
               f"{ratios['lesson 10']:9.2f}x  {ok}")
 
 if __name__ == '__main__': main()

@@ -1,7 +1,7 @@
 """Time of dl2's Triton training steps as ratios to their PyTorch peers, all measured in the same run.
 
 RunningBatchNorm, forward+backward in training mode, float32 and bfloat16 inputs: `running_bn_triton` against
-`nn.BatchNorm2d` (cuDNN), against dl2's PyTorch path (`_RunningBNFunction`, what a GPU runs without these kernels) and
+`nn.BatchNorm2d` (cuDNN), against dl2's PyTorch route (`running_bn_torch`, what a GPU runs without these kernels) and
 against that path under `torch.compile` (its compile time printed apart, not in the timings).
 LAMB, one step over resnet18's parameters: `lamb_triton_` against `torch.optim.AdamW(fused=True)` and dl2's `lamb` by
 the route a GPU takes without Triton (PyTorch's fused AdamW on a copy of the weights and `_foreach_` operations).
@@ -14,7 +14,7 @@ The PyTorch path runs at a fixed `w2` (this batch's weight in the running statis
 settled); while it still changes, a compiled step would recompile for each value unless given it as a tensor.
 Contenders run interleaved, in a rotating order; the median of the repeats is reported.
 """
-import argparse, os, statistics, time
+import argparse, statistics, time
 
 SHAPES = [(64, 32, 28, 28), (8, 128, 32, 32), (2, 64, 56, 56)]
 W2, MIN_VAR, EPS = 0.1, 0., 1e-5
@@ -44,16 +44,13 @@ def time_all(fns, reps, warmup, sync):
 def rbn_contenders(torch, tk, shape, dtype, device):
     "Forward+backward callables on one input `x` of `shape`, each contender with its own parameters; and compile seconds."
     from torch import nn
-    from dl2.fast.batchnorm import _RunningBNFunction
+    from dl2.fast.batchnorm import running_bn_torch
     C = shape[1]
     x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
     g = torch.randn_like(x)
     def rbn_state():
         return [t.to(device) for t in (torch.ones(C).requires_grad_(), torch.zeros(C).requires_grad_(), torch.zeros(C), torch.ones(C), torch.tensor(EPS))]
-    def torch_path(x, mults, adds, means, vars, eps):
-        y, new_means, new_vars = _RunningBNFunction.apply(x, mults, adds, means, vars, eps, W2, MIN_VAR)
-        with torch.no_grad(): means.copy_(new_means); vars.copy_(new_vars)
-        return y
+    def torch_path(x, mults, adds, means, vars, eps): return running_bn_torch(x, mults, adds, means, vars, eps, W2, MIN_VAR)
     compiled = torch.compile(torch_path)
     bn, eager, comp, trit = nn.BatchNorm2d(C).to(device), rbn_state(), rbn_state(), rbn_state()
     def step(f, *args):
@@ -90,10 +87,11 @@ def lamb_contenders(torch, tk, params):
 
 def main():
     args = parse_args()
-    if args.device == 'cpu': os.environ['TRITON_INTERPRET'] = '1'   # Triton reads it when dl2.fast.triton_kernels is imported
     import torch, torchvision
     from torch import nn
-    from dl2 import triton_kernels as tk
+    from dl2.fast.kernels import use_triton_interpreter
+    if args.device == 'cpu': use_triton_interpreter()   # before dl2.fast.triton_kernels defines its kernels
+    import dl2.fast.triton_kernels as tk
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available(): raise SystemExit('--device cuda: no CUDA device here')
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)

@@ -14,11 +14,6 @@ def in_test():
     "True while `nbdev_test` (or pytest through it) is running this code."
     return bool(os.environ.get('IN_TEST'))
 
-# Without a GPU, tests run dl2's Triton kernels in Triton's interpreter (`07d_triton_kernels`). Triton fixes that choice
-# when it is imported, which torch does on an optimizer's first step, and nbdev_test runs many notebooks in one
-# process: so the choice is made here, as dl2 is first imported, before any notebook has trained.
-if in_test() and not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')
-
 # %% ../nbs/00_core.ipynb #a8d9bf66
 _atoms = (str, bytes, dict, torch.Tensor, np.ndarray)
 

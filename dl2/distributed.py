@@ -18,6 +18,7 @@ from .data import TensorDataLoader
 from .learner import Callback
 from .cnn import default_device
 from .batchnorm import RunningBatchNorm
+from .fast.batchnorm import FastRunningBatchNorm, fast_batchnorm
 from .checkpoint import CheckpointCallback
 from .progress import ProgressCallback, CSVLogger
 
@@ -195,19 +196,18 @@ def shard_loader(dl, rank, world, seed=0, train=True):
 
 # %% ../nbs/09d_distributed.ipynb #bdd3e514
 class ProcessSum:
-    "Sums a tensor in place over the processes of `group` (default: all of them): the `sync` of a synchronised `RunningBatchNorm`."
+    "Sums a tensor in place over the processes of `group` (default: all of them): the `sync` of a synchronised `FastRunningBatchNorm`."
     def __init__(self, group=None): self.group, self.world = group, dist.get_world_size(group)
     def __call__(self, t): dist.all_reduce(t, group=self.group)
     def __repr__(self): return f'ProcessSum(world={self.world})'
 
 def sync_running_bn(model, sync=True, group=None):
-    "Make every `RunningBatchNorm` of `model` use the statistics of all processes of `group` (or, `sync=False`, its own again); `model`."
-    bns = [m for m in model.modules() if isinstance(m, RunningBatchNorm)]
-    if sync and any(m.kernel is False for m in bns):
-        warnings.warn("sync_running_bn: the lesson code (RunningBatchNorm(kernel=False)) cannot synchronise; "
-                      "those layers run the fastest route of dl2.fast.batchnorm.running_bn_step instead")
+    "Make every `RunningBatchNorm` of `model` use the statistics of all processes of `group`, as `FastRunningBatchNorm` (the lesson's step has no sums to add up); `sync=False`: each its own statistics, and layers switched back; `model`."
     s = ProcessSum(group) if sync else None
-    for m in bns: m.sync = s
+    for m in model.modules():
+        if sync and type(m) is RunningBatchNorm: fast_batchnorm(m).switched_to_sync = True
+        if isinstance(m, FastRunningBatchNorm): m.sync = s
+        if not sync and m.__dict__.pop('switched_to_sync', False): fast_batchnorm(m, False)
     return model
 
 # %% ../nbs/09d_distributed.ipynb #669319bb

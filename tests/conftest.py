@@ -4,18 +4,20 @@ from pathlib import Path
 import pytest
 import torch
 sys.path.insert(0, str(Path(__file__).parent/'tools'))   # the maintenance scripts, importable by the tests of them
-# Without a GPU, dl2's Triton kernels are tested in Triton's interpreter (tests/test_triton.py). Triton fixes that choice
-# when it is first imported, and importing torch.distributed (dl2.distributed) already imports it: so the choice is made
-# here, before any test module is collected.
-if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')
 import torch.utils.cpp_extension
-from dl2.fast.kernels import load_cpp
+from dl2.fast.kernels import load_cpp, triton_interpreting, use_triton_interpreter
+# Without a GPU, dl2's Triton kernels are tested in Triton's interpreter (tests/test_triton.py). Triton reads that choice
+# as it is imported, and importing torch.distributed (dl2.distributed) already imports it: so the choice is made here,
+# before any test module is collected.
+if not (torch.cuda.is_available() or triton_interpreting()): use_triton_interpreter()
 
 @pytest.fixture
-def no_compiler(monkeypatch):
-    "A machine where building C++ extensions fails: dl2's kernel caches are emptied before and after."
+def no_compiler(monkeypatch, tmp_path):
+    "A machine where building C++ extensions fails: dl2's kernel caches are emptied before and after; builds (and the failure\
+ dl2 remembers) go to a temporary folder."
     def fail(*args, **kwargs): raise RuntimeError('Error building extension: c++ not found')
     monkeypatch.setattr(torch.utils.cpp_extension, 'load', fail)
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
     load_cpp.cache_clear()
     yield
     load_cpp.cache_clear()

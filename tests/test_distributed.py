@@ -10,6 +10,7 @@ from dl2.checkpoint import CheckpointCallback, ResumeCallback, load_checkpoint
 from dl2.cnn import get_cnn_model, init_cnn
 from dl2.data import DataBunch, TensorDataLoader, accuracy
 from dl2.distributed import DistributedCallback, distributed, launch, rank, shard_loader
+from dl2.fast.batchnorm import fast_batchnorm
 from dl2.learner import Callback, CancelTrainException, Learner, AvgStatsCallback
 from dl2.optimizers import adam_opt
 from dl2.schedules import ParamScheduler, Recorder, one_cycle
@@ -29,7 +30,7 @@ def make_learner(bs=16):
     (xt, yt), (xv, yv) = toy_data(bs * STEPS, 0), toy_data(50, 1)   # 50: the processes' validation shares differ in size
     data = DataBunch(TensorDataLoader(xt, yt, bs, shuffle=True), TensorDataLoader(xv, yv, 2 * bs), c_out=4, c_in=1)
     torch.manual_seed(0)
-    model = get_cnn_model(data, [8, 16], conv_rbn).to(memory_format=torch.channels_last)
+    model = fast_batchnorm(get_cnn_model(data, [8, 16], conv_rbn)).to(memory_format=torch.channels_last)
     init_cnn(model)
     return Learner(model, data, F.cross_entropy, opt_func=adam_opt(), lr=3e-3,
                    cb_funcs=[partial(AvgStatsCallback, accuracy), Recorder, partial(ParamScheduler, 'lr', one_cycle(3e-3))])

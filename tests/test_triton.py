@@ -3,34 +3,42 @@
     python -m pytest -q tests/test_triton.py                     # no GPU: conftest.py turns Triton's CPU interpreter on
     TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py  # the interpreter, even where there is a GPU
 
-Triton reads TRITON_INTERPRET when it is first imported: without a GPU, `conftest.py` sets the variable before any test
-module is collected. With a GPU and no variable, the same tests run the compiled kernels on CUDA tensors.
+Triton reads TRITON_INTERPRET when it is first imported: without a GPU, `conftest.py` switches the interpreter on before any
+test module is collected. With a GPU and no variable, the same tests run the compiled kernels on CUDA tensors.
 """
-import contextlib, importlib, os, subprocess, sys, threading
+import contextlib, copy, importlib, os, subprocess, sys, threading
 from pathlib import Path
 import pytest, torch
+from torch import nn
 
 pytest.importorskip('triton')
 tk = importlib.import_module('dl2.fast.triton_kernels')
-DEVICE = 'cpu' if tk._INTERPRET else 'cuda'
+from dl2.fast.kernels import triton_interpreting
+DEVICE = 'cpu' if triton_interpreting() else 'cuda'
 
 # ---- dl2's PyTorch reference code: one helper per kernel, the only place that names dl2's modules
 from dl2.batchnorm import RunningBatchNorm
-from dl2.fast.batchnorm import _RunningBNFunction, running_bn_step
+from dl2.fast.batchnorm import FastRunningBatchNorm, fast_batchnorm, running_bn_step, running_bn_torch
 from dl2.optimizers import StatefulOptimizer, adam_stats, lamb_step, lamb
 from dl2.fast.optimizers import fused
 
 def bn_reference(x, mults, adds, means, vars, eps, w2, min_var, g):
     "Output, updated statistics and gradients of dl2's PyTorch training step of `RunningBatchNorm`, in float64."
     x, mults, adds = [t.detach().cpu().double().requires_grad_() for t in (x, mults, adds)]
-    y, new_means, new_vars = _RunningBNFunction.apply(x, mults, adds, means.cpu().double(), vars.cpu().double(),
-                                                      torch.tensor(eps, dtype=torch.float64), w2, min_var)
+    means, vars = means.cpu().double(), vars.cpu().double()   # copies, updated in place
+    y = running_bn_torch(x, mults, adds, means, vars, torch.tensor(eps, dtype=torch.float64), w2, min_var)
     y.backward(g.cpu().double())
-    return dict(y=y, means=new_means, vars=new_vars, dx=x.grad, dmults=mults.grad, dadds=adds.grad)
+    return dict(y=y, means=means, vars=vars, dx=x.grad, dmults=mults.grad, dadds=adds.grad)
+
+def triton_layer(nf, **kwargs):
+    "A `FastRunningBatchNorm` stepping by its 'triton' route, on DEVICE."
+    m = FastRunningBatchNorm(nf, **kwargs).to(DEVICE)
+    m.route = 'triton'
+    return m
 
 def rbn_pair(nf, mom):
-    "dl2's `RunningBatchNorm`: the lesson code in float64 (the reference), and in float32 with its 'triton' route."
-    return RunningBatchNorm(nf, mom=mom, kernel=False).double(), RunningBatchNorm(nf, mom=mom, kernel='triton').to(DEVICE)
+    "dl2's `RunningBatchNorm`: the lesson's class in float64 (the reference), and the fast layer in float32 by its 'triton' route."
+    return RunningBatchNorm(nf, mom=mom).double(), triton_layer(nf, mom=mom)
 
 def lamb_reference(params, **hyper):
     "dl2's LAMB as the lesson writes it (per tensor, PyTorch operations) over `params`."
@@ -103,7 +111,8 @@ def test_rbn_many_splits(monkeypatch):
     check_rbn(rbn_case((25, 1, 10, 10), mean=3.))   # 50 tiles, 2 or 3 per split
 
 def test_rbn_training_steps():
-    "`RunningBatchNorm` with its step done by the kernels, over batches of 1 to 9 (the floor applies for 20 samples): same outputs, gradients and statistics as in float64."
+    "The fast layer with its step done by the kernels, over batches of 1 to 9 (the floor applies for 20 samples): the lesson's outputs,\
+ gradients and statistics in float64, then its eval output."
     torch.manual_seed(0)
     ref, ours = rbn_pair(5, mom=0.2)
     for bs in [1, 4, 9, 3, 7, 2, 8]:
@@ -116,6 +125,27 @@ def test_rbn_training_steps():
             y.backward(g.to(xi.device, dt))
             outs.append([y, xi.grad, m.mults.grad, m.adds.grad, m.means, m.vars, m.count])
         for name, a, b in zip(['y', 'dx', 'dmults', 'dadds', 'means', 'vars', 'count'], outs[1], outs[0]): assert_near(a, b, 1e-5, f'batch of {bs}: {name}')
+    assert ours.batch.item() == ref.batch.item() == 34
+    x = torch.randn(4, 5, 3, 3)
+    assert_near(ours.eval()(x.to(DEVICE)), ref.eval()(x.double()), 1e-5, 'eval')
+
+def test_rbn_layer_autocast_bf16():
+    "After a convolution under autocast in bfloat16, channels-last, batch sizes from 1: the fast layer by its 'triton' route gives the\
+ lesson's outputs (to a bfloat16 rounding or two), gradients and statistics."
+    torch.manual_seed(1)
+    lesson = nn.Sequential(nn.Conv2d(3, 6, 3, bias=False), RunningBatchNorm(6)).to(memory_format=torch.channels_last)
+    ours = fast_batchnorm(copy.deepcopy(lesson)).to(DEVICE)
+    ours[1].route = 'triton'
+    for bs in [2, 1, 8, 5]:
+        x = (torch.randn(bs, 3, 7, 7) * 3).to(memory_format=torch.channels_last)
+        ys = []
+        for m, dev in ((lesson, 'cpu'), (ours, DEVICE)):
+            with torch.autocast(dev, dtype=torch.bfloat16): ys.append(m(x.to(dev)))
+            ys[-1].float().square().mean().backward()
+        assert ys[1].dtype == torch.bfloat16 and ys[1].is_contiguous(memory_format=torch.channels_last)
+        assert_near(ys[1], ys[0], 2 * TOL[torch.bfloat16], f'batch of {bs}: y')
+    for (k, a), b in zip(lesson.named_parameters(), ours.parameters()): assert_near(b.grad, a.grad, 2**-6, f'gradient of {k}')
+    for k, v in lesson.state_dict().items(): assert_near(ours.state_dict()[k], v, 1e-4, k)
 
 class ThreadSum:
     "A `sync` for `world` threads standing in for processes: each call waits for all of them, then each gets the sum. The threads\
@@ -245,7 +275,7 @@ def test_no_host_sync(monkeypatch):
     mults, adds, means, vars = [torch.full((3,), v, device=DEVICE) for v in (1., 0., 0., 1.)]
     mults.requires_grad_()
     eps, g = torch.tensor(1e-5, device=DEVICE), torch.randn_like(x)
-    rbn, opt = RunningBatchNorm(3, kernel='triton').to(DEVICE), fused(lamb, lamb_route='triton')([p.clone().requires_grad_() for p in ps], lr=0.01)
+    rbn, opt = triton_layer(3), fused(lamb, lamb_route='triton')([p.clone().requires_grad_() for p in ps], lr=0.01)
     for p in opt.param_groups[0]['params']: p.grad = torch.randn_like(p)
     rbn(x.detach())   # the first call reads the module's counters once, after construction
     with no_host_sync(monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from fastcore.basics import GetAttr
 from ..core import listify
 from ..optimizers import Optimizer, sgd_step, weight_decay, l2_reg, momentum_step, adam_step, lamb_step, AverageGrad, adam_stats
-from .kernels import load_cpp, load_triton, plain_layout, triton_available
+from .kernels import load_cpp, plain_layout, triton_available
 
 # %% ../../nbs/09a_fused_optimizers.ipynb #7855dfd2
 def _stat_key(s): return type(s), tuple(sorted(vars(s).items()))
@@ -178,8 +178,9 @@ def _lamb_cpp(opt, ps, states, lr, mom, sqr_mom, eps, wd):
 
 def _lamb_triton(opt, ps, states, lr, mom, sqr_mom, eps, wd):
     "The LAMB step by dl2's Triton kernels (`07d_triton_kernels`), the step counts read on the device."
-    load_triton().lamb_triton_(ps, [p.grad for p in ps], [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states],
-                               torch.stack(_step_tensors(opt, ps, states)), lr, mom, sqr_mom, eps, wd, _MAX_TRUST)
+    from dl2.fast.triton_kernels import lamb_triton_   # imported on first use: Triton defines its kernels then
+    lamb_triton_(ps, [p.grad for p in ps], [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states],
+                 torch.stack(_step_tensors(opt, ps, states)), lr, mom, sqr_mom, eps, wd, _MAX_TRUST)
 
 LAMB_ROUTES = {'cpp': _lamb_cpp, 'triton': _lamb_triton, 'adamw_copy': _lamb_adamw_copy}
 

@@ -4,10 +4,10 @@
 __all__ = ['running_bn_sync_parts', 'running_bn_triton', 'lamb_triton_']
 
 # %% ../../nbs/07d_triton_kernels.ipynb #cc303a70
-import functools, math, os
+import functools, math
 from types import SimpleNamespace
 import torch
-from .kernels import plain_layout, triton_available
+from .kernels import plain_layout, triton_available, triton_interpreting
 
 # %% ../../nbs/07d_triton_kernels.ipynb #6963dbec
 try:
@@ -17,8 +17,7 @@ except ImportError:   # no Triton here: stand-ins so that the definitions below 
     triton, tl = SimpleNamespace(jit=lambda fn: fn), SimpleNamespace(constexpr=lambda v=None: v)
 
 # %% ../../nbs/07d_triton_kernels.ipynb #b32b31aa
-# Triton picks the interpreter when it decorates a kernel: this module follows the variable as it was when imported.
-_INTERPRET = os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+_INTERPRET = triton_interpreting()   # as Triton decorates the kernels below: they follow the setting as this module is imported
 
 def _check_device(fn, t):
     "Raise a clear error unless the kernels of `fn` can run on the device of tensor `t`."
@@ -215,7 +214,7 @@ def _gradients(g, x, mults, saved, part, total, w2, n, need_gx):
     return (_channel_affine(g, x, coef) if need_gx else None), gmults, gadds
 
 class _RunningBNTriton(torch.autograd.Function):
-    "`_RunningBNFunction`'s step in Triton kernels: returns the output, updates `means` and `vars` in place."
+    "The step of `running_bn_torch` in Triton kernels: returns the output, updates `means` and `vars` in place."
     @staticmethod
     def forward(ctx, x, mults, adds, means, vars, eps, w2, min_var):
         (N, C, L), (_, sC, _) = _as_3d(x)

@@ -11,6 +11,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
+from dl2.fast.kernels import triton_interpreting
 
 class BuildOnlyDriver:
     "Just enough of a Triton driver for a launch to compile for `target` and stop there."
@@ -28,7 +29,7 @@ def registers(kernel):
     return next((w.split(':')[1] for w in out.split() if w.startswith('REG:')), '?')
 
 def main():
-    if os.environ.get('TRITON_INTERPRET'): sys.exit('triton_sm90_build.py: unset TRITON_INTERPRET, this builds the real kernels')
+    if triton_interpreting(): sys.exit('triton_sm90_build.py: unset TRITON_INTERPRET, this builds the real kernels')
     built = []
     run = JITFunction.run
     def build_only(self, *args, grid, warmup, **kwargs):
