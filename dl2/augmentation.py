@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 import PIL.Image
 from .core import *
-from .data_block import Transform, to_float_tensor
+from .data_block import ItemOrder, BatchOrder, Transform, to_float_tensor
 from .cnn import BatchTransformXCallback
 
 # %% ../nbs/10_augmentation.ipynb #226fb21d
 class PilTransform(Transform):
-    "Base class of item transforms on PIL images: they run after `make_rgb` (0), before `ResizeFixed` (5) and `to_byte_tensor` (10)."
-    _order = 3
+    "Base class of item transforms on PIL images: they run after `make_rgb` and `ResizeFixed`, before `to_byte_tensor`."
+    _order = ItemOrder.PIL
 
 class PilRandomFlip(PilTransform):
     "Mirror the image left to right with probability `p`."
@@ -60,7 +60,7 @@ def _shrink(img, box, size, gap):
 
 class GeneralCrop(PilTransform):
     "Resample the box `get_corners` picks (here the whole image) to `size` in one step; subclasses pick other boxes."
-    _order = 2
+    _order = ItemOrder.CROP
     def __init__(self, size, crop_size=None, resample=PIL.Image.Resampling.BILINEAR):
         self.resample, self.size = resample, process_sz(size)
         self.crop_size = None if crop_size is None else process_sz(crop_size)
@@ -137,7 +137,7 @@ def _check_tilt(magnitude, name):
 
 class PilTiltRandomCrop(PilTransform):
     "A random `crop_size` crop tilted by up to `magnitude` (< 1/4) of its size (within the image), resampled to `size`."
-    _order = 2
+    _order = ItemOrder.CROP
     def __init__(self, size, crop_size=None, magnitude=0., resample=PIL.Image.Resampling.BILINEAR):
         self.resample, self.size = resample, process_sz(size)
         self.magnitude = _check_tilt(magnitude, 'PilTiltRandomCrop')
@@ -159,7 +159,7 @@ def np_to_float(x):
     if isinstance(x, torch.Tensor): return to_float_tensor(x)
     a = torch.from_numpy(np.asarray(x, dtype=np.float32) / 255)
     return a[None] if a.ndim == 2 else a.permute(2, 0, 1).contiguous()
-np_to_float._order = 10
+np_to_float._order = ItemOrder.FLOAT
 
 # %% ../nbs/10_augmentation.ipynb #662fc808
 def _eyes(like):
@@ -215,7 +215,7 @@ def _rand(n, generator, lo=0., hi=1.):
 
 class RandomAffine():
     "Random flips, rotations (± `degrees`), zooms (up to `max_zoom`) and shifts (± `translate` of the size) of a float batch (N, C, H, W), resampled once."
-    _order = 20   # in a loader's batch transforms, after the uint8 images became floats (order 10)
+    _order = BatchOrder.FLOAT   # in a loader's batch transforms, after the uint8 images became floats
     def __init__(self, degrees=10., max_zoom=1.1, p_flip=0.5, translate=0.1, mode='bilinear', padding_mode='reflection', generator=None):
         self.degrees, self.max_zoom, self.p_flip, self.translate = degrees, max_zoom, p_flip, translate
         self.mode, self.padding_mode, self.generator = mode, padding_mode, generator
@@ -286,14 +286,15 @@ def flip_shift(x, flip=True, pad=2):
 
 class FlipShift():
     "`flip_shift` as a batch transform for uint8 images, run before they are normalised."
-    _order = 5
+    _order = BatchOrder.BYTES
     def __init__(self, flip=True, pad=1): self.flip, self.pad = flip, pad
     def __repr__(self): return f'FlipShift(flip={self.flip}, pad={self.pad})'
     def __call__(self, x): return flip_shift(x, self.flip, self.pad)
 
 # %% ../nbs/10_augmentation.ipynb #80042e26
 BATCH_AUGMENTS = {'none': None, 'flip': partial(FlipShift, flip=True, pad=0), 'shift': partial(FlipShift, flip=False, pad=2),
-                  'flip-shift': partial(FlipShift, flip=True, pad=2), 'affine': RandomAffine, 'warp': RandomWarp}
+                  'flip-shift': partial(FlipShift, flip=True, pad=2), 'flip-shift1': partial(FlipShift, flip=True, pad=1),
+                  'affine': RandomAffine, 'warp': RandomWarp}
 
 def batch_augment(name, generator=None):
     "The batch augmentation `name` of `BATCH_AUGMENTS` with its defaults ('affine' and 'warp' drawing from `generator`), or None."

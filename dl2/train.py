@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import matplotlib.pyplot as plt
 from fastcore.imports import IN_IPYTHON
 from .core import *
-from .data_block import DATASETS, dataset_folder, image_databunch
+from .image_folder import DATASETS, dataset_folder, image_databunch
 from .augmentation import BATCH_AUGMENTS, FlipShift, batch_augment, tta_accuracy
 from .cnn import conv_layer, get_cnn_model, get_resnet, init_cnn, default_device, AutocastCallback, DeviceCallback
 from .batchnorm import conv_rbn

@@ -7,9 +7,6 @@ from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader
 from dl2.data_block import ImageList, make_rgb, to_byte_tensor
 from dl2.augmentation import *
-from dl2.augmentation import _SQUARE
-
-pytestmark = pytest.mark.filterwarnings('ignore:The image decoding:DeprecationWarning')
 
 @pytest.mark.parametrize('method', ['fork', 'spawn'])
 def test_item_augmentation_in_workers(tmp_path, method):
@@ -27,7 +24,7 @@ def test_item_augmentation_in_workers(tmp_path, method):
 def test_tilts_below_a_quarter_never_fold(ud, lr):
     "Below 1/4, a tilt maps the output square onto the tilted corners without folding (positive depth everywhere)."
     t = tilt_mats(torch.tensor([ud]), torch.tensor([lr])).double()
-    corners = torch.cat([_SQUARE.double() * 2 - 1, torch.ones(4, 1, dtype=torch.float64)], 1)
+    corners = torch.cat([tilt_corners(torch.tensor(0.), torch.tensor(0.)).double() * 2 - 1, torch.ones(4, 1, dtype=torch.float64)], 1)
     p = corners @ t[0].T
     assert (p[:, 2] > 0).all()
     target = tilt_corners(torch.tensor(ud, dtype=torch.float64), torch.tensor(lr, dtype=torch.float64)) * 2 - 1

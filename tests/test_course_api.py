@@ -44,13 +44,13 @@ def test_names_lesson_cells_use_without_importing():
 
 def test_course_reexports_every_lesson_module():
     import pkgutil
-    not_lesson = {'course', 'train', 'cli', 'distributed', 'image_folder',   # a command, several processes, the image-folder engine
-                  'fast'}                                                   # the speed wing's package
+    not_lesson = {'course', 'train', 'distributed', 'image_folder',   # a command, several processes, the image-folder engine (beyond the course)
+                  'fast'}   # the speed wing
     lesson = {m.name for m in pkgutil.iter_modules(dl2.__path__) if not m.name.startswith('_')} - not_lesson
     eq(sorted(lesson - set(dl2.course._REEXPORTED)), [])
     own = {'test', 'test_eq', 'near', 'test_near', 'test_near_zero', 'CudaCallback', 'Runner', 'get_runner', 'get_batch',
            'get_cnn_layers', 'get_cnn_model', 'get_learner', 'get_learn_run', 'append_stats', 'children', 'model_summary',
-           'ResizeFixed', 'to_byte_tensor', 'to_float_tensor', 'np_to_float', 'MakeRGB', 'databunchify', 'norm_imagenette',
+           'MakeRGB', 'databunchify', 'norm_imagenette',
            'uniqueify', 'lin_comb', 'pg_dicts'}
     for m in dl2.course._REEXPORTED:    # everything else is dl2's own object
         mod = importlib.import_module(f'dl2.{m}')
@@ -200,7 +200,8 @@ def test_data_block_in_the_course_form(image_folder):
     eq(xb.shape, (4, 3, 16, 16))
     close(norm_imagenette(xb)[:, 0], (xb[:, 0] - 0.47) / 0.29, eps=1e-5)
     show_image(xb[0]); show_batch(xb, c=2); plt.close('all')
-    eq([o._order for o in (make_rgb, ResizeFixed(1), to_byte_tensor, to_float_tensor, np_to_float)], [0, 15, 20, 30, 30])
+    eq([o._order for o in (make_rgb, ResizeFixed(1), FlipPil(), to_byte_tensor, to_float_tensor, np_to_float)], [0, 10, 11, 20, 30, 30])
+    eq((PilTransform._order, CenterCrop(8)._order), (11, 5))   # crops before ResizeFixed: they read the full image
 
 def test_course_pipeline_trains(image_folder):
     il = ImageList.from_files(image_folder, tfms=[make_rgb, ResizeFixed(16), to_byte_tensor, to_float_tensor])
