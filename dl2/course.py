@@ -68,7 +68,7 @@ class Runner():
     "Lesson 10's `Runner` as an adapter: callbacks made once from `cbs` and `cb_funcs`; `fit(epochs, learn)` runs `learn.fit` with them."
     ALL_CBS = Learner.ALL_CBS
     def __init__(self, cbs=None, cb_funcs=None, learn=None):
-        self.cbs = listify(cbs) + [cbf() for cbf in listify(cb_funcs)]
+        self.cbs = [check_callback(cb) for cb in listify(cbs) + [cbf() for cbf in listify(cb_funcs)]]
         for cb in self.cbs: setattr(self, cb.name, cb)
         self.learn, self.in_train = learn, False
 

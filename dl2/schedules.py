@@ -8,6 +8,7 @@ __all__ = ['annealer', 'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'cos_1
 import math, bisect
 from functools import partial
 import torch
+from fastcore.basics import patch
 import matplotlib.pyplot as plt
 from .core import *
 from .learner import *
@@ -89,7 +90,7 @@ class Recorder(Callback):
 
 class ParamScheduler(Callback):
     "Sets hyper-parameter `pname` of each parameter group from `sched_funcs` (one, or one per group) each training batch."
-    _order = 1
+    _order = CbOrder.SCHEDULE
     def __init__(self, pname, sched_funcs): self.pname, self.sched_funcs = pname, sched_funcs
     def begin_fit(self):
         n = len(self.opt.param_groups)
@@ -105,3 +106,10 @@ class ParamScheduler(Callback):
         for pg, f in zip(self.opt.param_groups, self.funcs): pg[self.pname] = f(pos)
     def begin_batch(self):
         if self.in_train: self.set_param()
+
+# %% ../nbs/05_anneal.ipynb #a5c0de02
+@patch
+def fit_one_cycle(self:Learner, epochs, lr, cbs=None, **kwargs):
+    "`fit` for `epochs` with the learning rate following `one_cycle(lr, **kwargs)`, and a `Recorder` if there is none."
+    extra = [ParamScheduler('lr', one_cycle(lr, **kwargs))] + ([] if hasattr(self, 'recorder') else [Recorder()])
+    self.fit(epochs, cbs=extra + listify(cbs))

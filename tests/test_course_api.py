@@ -44,7 +44,7 @@ def test_names_lesson_cells_use_without_importing():
 
 def test_course_reexports_every_lesson_module():
     import pkgutil
-    not_lesson = {'course', 'train', 'distributed', 'image_folder',   # a command, several processes, the image-folder engine (beyond the course)
+    not_lesson = {'course', 'train', 'cli', 'distributed', 'image_folder',   # a command, several processes, the image-folder engine (beyond the course)
                   'fast'}   # the speed wing
     lesson = {m.name for m in pkgutil.iter_modules(dl2.__path__) if not m.name.startswith('_')} - not_lesson
     eq(sorted(lesson - set(dl2.course._REEXPORTED)), [])

@@ -135,7 +135,7 @@ def test_nproc_end_to_end(tmp_path):
     assert p.returncode == 0 and 'Traceback' not in err, err
     lines = stdout.splitlines()
     assert len(lines) == 3 and lines[0].split()[:2] == ['epoch', 'train_loss'] and lines[2].startswith('final validation accuracy'), stdout
-    assert sorted(f.name for f in out.iterdir()) == ['.dl2_train.lock', 'checkpoint.pth', 'loss.png', 'lr.png', 'metrics.csv']
+    assert sorted(f.name for f in out.iterdir()) == ['checkpoint.pth', 'loss.png', 'lr.png', 'metrics.csv']
     assert [r['epoch'] for r in csv.DictReader(open(out/'metrics.csv'))] == ['0']
     ckpt = load_checkpoint(out/'checkpoint.pth')
     assert ckpt['epoch'] == 1 and not any(k.startswith('module.') for k in ckpt['model'])

@@ -75,3 +75,41 @@ def test_readme_from_index(tmp_path):
 
 def test_repo_readme_is_made_from_index():
     assert (ROOT/'README.md').read_text() == readme_from_index(ROOT/'nbs'/'index.ipynb')
+
+# ---- stored outputs (tests/tools/check_outputs.py; made by tests/tools/run_notebooks.py)
+from check_outputs import problems, missing_outputs
+from run_notebooks import code_hash, neutral
+
+def _ran(path, cells, **meta):
+    "A notebook at `path` holding `cells`, with run metadata as run_notebooks.py writes it (hash of its code by default)."
+    path.write_text(json.dumps(dict(cells=cells, metadata={'dl2': {'code_hash': code_hash(cells), **meta}, **PY3}, nbformat=4, nbformat_minor=5)))
+    return path
+
+def _cell(src, *outputs):
+    return dict(cell_type='code', id='c', source=src, metadata={}, execution_count=None, outputs=list(outputs))
+
+PNG = dict(output_type='display_data', data={'image/png': 'iVBOR', 'text/plain': '<Figure>'}, metadata={})
+TEXT = dict(output_type='stream', name='stdout', text='hi\n')
+VALUE = dict(output_type='execute_result', data={'text/plain': '3'}, metadata={}, execution_count=None)
+
+def test_outputs_of_the_current_code_pass(tmp_path):
+    nb = _ran(tmp_path/'a.ipynb', [_cell('plt.plot([1, 2])', PNG), _cell('print(1)', TEXT), _cell('x = 1\nx', VALUE), _cell('learn.fit(1)')])
+    assert problems(nb) == []
+
+def test_stale_outputs_fail(tmp_path):
+    nb = _ran(tmp_path/'a.ipynb', [_cell('x = 1\nx', VALUE)])
+    d = json.loads(nb.read_text()); d['cells'][0]['source'] = 'x = 2\nx'; nb.write_text(json.dumps(d))
+    assert problems(nb) == ['a.ipynb: its outputs are not from its current code: run `python tests/tools/run_notebooks.py nbs/a.ipynb`']
+
+def test_missing_outputs_fail():
+    cells = [_cell('fig, ax = plt.subplots()\nax.plot([1])'), _cell('print(len(x))'), _cell('x.shape'), _cell('#| export\ndef f(): return 1'),
+             _cell('#| eval: false\nx.shape'), _cell('x.shape;'), _cell('def f(): print(1)')]
+    assert missing_outputs(cells) == [(0, 'a figure'), (1, 'printed text'), (2, 'a value')]
+
+def test_machine_paths_and_size_fail(tmp_path):
+    leak = dict(TEXT, text=f'saved to {ROOT}/nbs/run\n')
+    nb = _ran(tmp_path/'a.ipynb', [_cell('print(where)', leak)])
+    assert any('holds a path of the machine' in p for p in problems(nb))
+    assert neutral(leak['text']) == 'saved to ./run\n'
+    big = _ran(tmp_path/'b.ipynb', [_cell('plt.plot([1])', dict(PNG, data={'image/png': 'A' * 2_100_000}))])
+    assert any('over the 2,000,000-byte budget' in p for p in problems(big))

@@ -137,7 +137,7 @@ def test_resume_refuses_other_settings(tmp_path):
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 @pytest.mark.parametrize('content, msg', [(b'', 'is not a dl2 checkpoint'), (b'garbage', 'is not a dl2 checkpoint'),
-                                          ('torch', 'no \'dl2-checkpoint-1\' marker'), ('pickle', 'cannot be read safely')])
+                                          ('torch', 'no \'dl2-checkpoint-2\' marker'), ('pickle', 'cannot be read safely')])
 def test_bad_checkpoint_is_one_line(tmp_path, content, msg):
     out = tmp_path/'run'; out.mkdir()
     ckpt = out/'checkpoint.pth'
@@ -196,3 +196,56 @@ def test_full_disk_while_saving(tmp_path, monkeypatch, capsys):
 def test_bad_option_from_the_command_line(tmp_path):
     r = run('--norm', 'groupnorm', '--out', str(tmp_path/'run'))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr
+
+# ---- issue 24: the output folder's lock, damaged and linked checkpoints, interruptions while starting
+
+def test_lock_leftovers_neither_hang_nor_block(tmp_path):
+    "The folder itself is locked: a pipe or a folder where an old lock file used to be changes nothing (a pipe once hung forever)."
+    for i, make in enumerate([os.mkfifo, os.mkdir]):
+        out = tmp_path/f'run{i}'; out.mkdir()
+        make(out/'.dl2_train.lock')
+        r = run(*SMALL, '--epochs', '1', '--out', str(out), timeout=300)
+        assert r.returncode == 0, r.stderr
+
+def test_a_busy_folder_stays_locked_without_a_lock_file(tmp_path):
+    "Nothing in the folder is the lock, so nothing deleted in it lets an --overwrite run in while another trains."
+    out = tmp_path/'run'
+    p = start(*SMALL, '--epochs', '10000', '--out', str(out))
+    try:
+        assert p.stdout.readline()
+        for f in out.iterdir():
+            if f.name.startswith('.'): f.unlink()
+        r = run(*SMALL, '--epochs', '1', '--out', str(out), '--overwrite')
+        assert r.returncode == 2 and 'in use by another dl2_train' in r.stderr, r.stderr
+        assert (out/'checkpoint.pth').exists()
+    finally: p.kill(); p.wait()
+
+def test_resume_refuses_a_damaged_checkpoint_and_keeps_a_link(tmp_path):
+    out, elsewhere = tmp_path/'run', tmp_path/'disk'
+    assert run(*SMALL, '--epochs', '1', '--out', str(out)).returncode == 0
+    elsewhere.mkdir(); (out/'checkpoint.pth').rename(elsewhere/'ck.pth'); (out/'checkpoint.pth').symlink_to(elsewhere/'ck.pth')
+    r = run('--out', str(out), '--resume', '--epochs', '2')
+    assert r.returncode == 0, r.stderr
+    assert (out/'checkpoint.pth').is_symlink() and load_checkpoint(elsewhere/'ck.pth')['epoch'] == 2
+    ck = torch.load(elsewhere/'ck.pth', weights_only=True)
+    w = next(v for v in ck['model'].values() if v.is_floating_point())
+    w.view(-1).view(torch.int32)[0] ^= 1   # one flipped bit in a weight
+    torch.save(ck, elsewhere/'ck.pth')
+    r = run('--out', str(out), '--resume', '--epochs', '3')
+    assert r.returncode == 2 and 'is damaged' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    "SIGINT while PyTorch is still being imported: one line, exit code 130, no traceback, no folder."
+    p = subprocess.Popen([sys.executable, '-c', 'import sys, dl2.cli; sys.exit(dl2.cli.dl2_train())', '--out', str(tmp_path/'run')],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5); p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == 'dl2_train: interrupted while starting: nothing was done', err
+    assert not (tmp_path/'run').exists()
+
+@pytest.mark.parametrize('args, msg', [(['--out', ''], 'an empty name'), (['--device', 'cuda'], 'no CUDA device')])
+def test_refused_runs_leave_nothing(tmp_path, args, msg):
+    if 'cuda' in args and torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
