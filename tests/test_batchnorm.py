@@ -35,6 +35,7 @@ def random_params(m):
 def needs_kernel():
     if running_bn_kernel() is None: pytest.skip('no C++ compiler with OpenMP: the RunningBatchNorm kernel could not be built')
 
+@pytest.mark.slow
 def test_lesson_module_loads_no_speed_wing():
     "The lesson's module runs on its own: importing it loads nothing of `dl2.fast`."
     code = "import sys, dl2.batchnorm; print(sorted(m for m in sys.modules if m.startswith('dl2.fast')))"
@@ -137,6 +138,7 @@ def test_no_host_reads(cls, monkeypatch):
             m(torch.randn(bs, 3, 4, 4, requires_grad=True)).sum().backward()
         m.eval()(x)
 
+@pytest.mark.slow
 def test_compiled_model_trains_as_eager():
     "A CNN of `RunningBatchNorm`s compiled by Inductor trains as the eager one, batch sizes changing (issue 24: a recursion error on the\
  second compiled step); the fast layers too, with eager steps in between, their counters kept right."
