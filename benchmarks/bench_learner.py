@@ -18,7 +18,10 @@ from dl2.schedules import Recorder, ParamScheduler, one_cycle
 from dl2.cnn import DeviceCallback, init_cnn
 from dl2.checkpoint import CheckpointCallback
 from dl2.progress import ProgressCallback
-from dl2.train import get_parser, load_data, make_model, opt_func_for
+from dl2.train import get_parser, load_data, make_model
+from dl2.optimizers import OPTIMIZERS
+from dl2.fast.batchnorm import fast_batchnorm
+from dl2.fast.optimizers import fused
 
 def truncated(dl, n):
     "The first `n` batches' worth of rows of the `TensorDataLoader` `dl`, shuffled the same way each time."
@@ -63,10 +66,10 @@ def main():
     torch.manual_seed(0)
     full = load_data(get_parser().parse_args(['--bs', str(args.bs)]), device)   # dl2_train's data, augmentation included
     data = DataBunch(truncated(full.train_dl, args.batches), truncated(full.valid_dl, 4), c_in=full.c_in, c_out=full.c_out)
-    model0 = make_model(data, [32, 64, 128, 256], 'rbn')
+    model0 = fast_batchnorm(make_model(data, [32, 64, 128, 256], 'rbn'))   # as dl2_train does
     init_cnn(model0)
     model0 = model0.to(device, memory_format=torch.channels_last)   # as dl2_train does
-    opt_func, sched = opt_func_for('adam'), one_cycle(3e-3)
+    opt_func, sched = fused(OPTIMIZERS['adam'].opt_func), one_cycle(3e-3)
     loss_func = partial(F.cross_entropy, label_smoothing=0.1)
     ckpt = Path(tempfile.mkdtemp())/'bench.pth'
 

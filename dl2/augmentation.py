@@ -28,6 +28,7 @@ class PilRandomFlip(PilTransform):
     def __init__(self, p=0.5): self.p = p
     def __call__(self, x): return x.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT) if random.random() < self.p else x
 
+# %% ../nbs/10_augmentation.ipynb #66ee7d96
 class PilRandomDihedral(PilTransform):
     "With probability `p`, one of the 8 symmetries of a square (flips and quarter turns, the identity among them), chosen uniformly."
     def __init__(self, p=0.75): self.p = p
@@ -135,6 +136,7 @@ def _check_tilt(magnitude, name):
     if not 0 <= magnitude < 0.25: raise ValueError(f'{name}: magnitude {magnitude} is not in [0, 0.25): tilting by 1/4 both ways folds the image')
     return magnitude
 
+# %% ../nbs/10_augmentation.ipynb #02d41e23
 class PilTiltRandomCrop(PilTransform):
     "A random `crop_size` crop tilted by up to `magnitude` (< 1/4) of its size (within the image), resampled to `size`."
     _order = ItemOrder.CROP

@@ -22,6 +22,7 @@ def default_device(device=None):
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #6df74005
 class DeviceCallback(Callback):
     "Moves the model to `device` at the start of training and every batch to it as it arrives."
     _order = CbOrder.DEVICE
@@ -51,6 +52,7 @@ class BatchTransformXCallback(Callback):
     def __init__(self, tfm): self.tfm = tfm
     def begin_batch(self): self.learn.xb = self.tfm(self.xb)
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #0d17ce89
 def view_tfm(*size):
     "A batch transform reshaping each item to `size`."
     def _inner(x): return x.view(*((-1,) + size))
@@ -58,6 +60,7 @@ def view_tfm(*size):
 
 mnist_view = view_tfm(1, 28, 28)
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #199b0934
 class Lambda(nn.Module):
     "`func` as a layer."
     def __init__(self, func):
@@ -65,6 +68,7 @@ class Lambda(nn.Module):
         self.func = func
     def forward(self, x): return self.func(x)
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #736823e0
 def flatten(x):
     "Flatten all but the batch dimension."
     return x.view(x.shape[0], -1)
@@ -89,6 +93,7 @@ def conv_layer(ni, nf, ks=3, stride=2, bn=True, **kwargs):
     if bn: layers.append(nn.BatchNorm2d(nf, eps=1e-5, momentum=0.1))
     return nn.Sequential(*layers)
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #164b399f
 def prev_pow_2(x):
     "The largest power of 2 not above `x`."
     return 2**math.floor(math.log2(x))
@@ -103,6 +108,7 @@ def get_cnn_layers(data, nfs, layer, stem=False, **kwargs):
     return layers + [layer(nfs[i], nfs[i+1], 3 if stem or i else 5, **kwargs) for i in range(len(nfs) - 1)] + [
         nn.AdaptiveAvgPool2d(1), Lambda(flatten), nn.Linear(nfs[-1], data.c_out)]
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #10b69a64
 def get_cnn_model(data, nfs, layer, **kwargs):
     "`get_cnn_layers` as an `nn.Sequential`."
     return nn.Sequential(*get_cnn_layers(data, nfs, layer, **kwargs))
@@ -115,6 +121,7 @@ def init_cnn(m, uniform=False):
             f(l.weight, a=0.1)
             if l.bias is not None: l.bias.data.zero_()
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #fb0b7907
 def get_learner(nfs, data, lr, layer, loss_func=F.cross_entropy, opt_func=torch.optim.SGD, cbs=None, cb_funcs=None,
                 uniform=False, **kwargs):
     "A `Learner` for the lesson's CNN, initialised with `init_cnn`."
@@ -132,6 +139,7 @@ class ResBlock(nn.Module):
         self.idconv = nn.Conv2d(ni, nf, 1, bias=False) if ni != nf else nn.Identity()
     def forward(self, x): return self.convs(x) + self.idconv(self.pool(x))
 
+# %% ../nbs/06_cuda_cnn_hooks_init.ipynb #d97c7488
 def get_resnet(data, nfs, layer, **kwargs):
     "A ResNet for `data`: a stride-1 stem `layer` to `nfs[0]`, a `ResBlock` per later width (stride 2 but the first), pooling, a linear head."
     blocks = [ResBlock(nfs[i], nfs[i+1], layer, stride=1 if i == 0 else 2, **kwargs) for i in range(len(nfs) - 1)]

@@ -29,11 +29,13 @@ class Dataset():
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i], self.y[i]
 
+# %% ../nbs/03_minibatch_training.ipynb #5b757d5d
 def get_dls(train_ds, valid_ds, bs, **kwargs):
     "A shuffled training loader and an unshuffled validation loader with twice the batch size."
     return (DataLoader(train_ds, batch_size=bs, shuffle=True, **kwargs),
             DataLoader(valid_ds, batch_size=bs*2, **kwargs))
 
+# %% ../nbs/03_minibatch_training.ipynb #62832d28
 class DataBunch():
     "Training and validation loaders, with the number of classes `c_out` (the course's `c`) and input channels `c_in`."
     def __init__(self, train_dl, valid_dl, c_out=None, c_in=None):

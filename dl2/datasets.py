@@ -71,6 +71,7 @@ def _windows_process_alive(pid):
     try: return _winapi.GetExitCodeProcess(handle) == _winapi.STILL_ACTIVE
     finally: _winapi.CloseHandle(handle)
 
+# %% ../nbs/01_datasets.ipynb #72e7fdb0
 def _process_alive(pid):
     "Whether process `pid` of this machine still runs; when in doubt, it does."
     if sys.platform == 'win32': return _windows_process_alive(pid)
@@ -79,12 +80,14 @@ def _process_alive(pid):
     except PermissionError: pass  # it exists, under another user
     return True
 
+# %% ../nbs/01_datasets.ipynb #4a4b8642
 def _remove(path):
     "Delete the file, link or folder at `path` as far as possible; what stays behind goes at a later cleanup."
     with suppress(OSError):
         if path.is_dir() and not path.is_symlink(): shutil.rmtree(path, ignore_errors=True)
         else: path.unlink(missing_ok=True)
 
+# %% ../nbs/01_datasets.ipynb #791ff404
 def remove_dead_temps(dest) -> list:
     "Delete the temporaries `temp_beside` made for `dest` by processes of this machine that have ended; return those deleted."
     dead = [p for p, pid, host in _temps(Path(dest).expanduser()) if host == _HOST and not _process_alive(pid)]
@@ -120,6 +123,7 @@ def _hasher(checksum):
         raise ValueError(f'checksum {checksum!r}: expected 32 (md5) or 64 (sha256) hex digits')
     return hashlib.new(_HASHES[len(checksum)])
 
+# %% ../nbs/01_datasets.ipynb #b36bdd20
 def _file_hexdigest(path, checksum):
     "The digest of the file at `path`, with the hash that `checksum` uses."
     hasher = _hasher(checksum)
@@ -127,11 +131,13 @@ def _file_hexdigest(path, checksum):
         while chunk := f.read(1 << 20): hasher.update(chunk)
     return hasher.hexdigest()
 
+# %% ../nbs/01_datasets.ipynb #39584af1
 def _content_length(headers):
     "The body size announced in `headers`, or None when there is none or it is not a plain number."
     value = (headers.get('Content-Length') or '').strip()
     return int(value) if value.isdecimal() else None
 
+# %% ../nbs/01_datasets.ipynb #3ae3011f
 def _progress_bar(size):
     "A fastprogress bar counting up to `size` bytes, or None where it would only print noise."
     if not (IN_NOTEBOOK or getattr(sys.stdout, 'isatty', lambda: False)()): return None
@@ -149,6 +155,7 @@ def _redirect_allowed(old, new):
     old, new = urllib.parse.urlparse(old).scheme, urllib.parse.urlparse(new).scheme
     return new in ('http', 'https') and not (old == 'https' and new == 'http')
 
+# %% ../nbs/01_datasets.ipynb #a0aadea9
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
     "urllib's redirect handling, minus the redirects that `_redirect_allowed` forbids."
     def redirect_request(self, req, fp, code, msg, headers, newurl):
@@ -163,6 +170,7 @@ def _put(q, item, stop):
         try: return q.put(item, timeout=0.1)
         except queue.Full: pass
 
+# %% ../nbs/01_datasets.ipynb #29cbff4e
 def _fetch(url, timeout, q, stop):
     "Network thread: put the headers of `url`, then its body as it arrives, then None on `q`; or the exception that stopped it."
     try:
@@ -173,6 +181,7 @@ def _fetch(url, timeout, q, stop):
         _put(q, None, stop)
     except Exception as e: _put(q, e, stop)
 
+# %% ../nbs/01_datasets.ipynb #a95461dd
 def _stream(url, timeout, deadline, min_rate):
     "Yield the headers of `url`, then its body in chunks, within `deadline` s and at `min_rate` bytes/s per `timeout` s."
     q, stop = queue.Queue(maxsize=16), threading.Event()
@@ -212,6 +221,7 @@ def _save_body(body, f, url, hasher, max_bytes, show_progress):
     if bar and not IN_NOTEBOOK: print()
     return got, size
 
+# %% ../nbs/01_datasets.ipynb #ffd4447b
 def download_url(url, dest, checksum=None, show_progress=True, timeout=30, *,
                  deadline=4*3600, min_rate=1024, max_bytes=4*_GiB) -> Path:
     "Download `url` to `dest` through a verified temporary file, so `dest` ends up complete or absent."
@@ -243,11 +253,13 @@ def _absolute(name):
     "Whether member path (or link target) `name` starts from a root, a drive or a network share, on POSIX or on Windows."
     return PurePosixPath(name).is_absolute() or bool(PureWindowsPath(name).anchor)
 
+# %% ../nbs/01_datasets.ipynb #30cc253c
 def _path_problem(name):
     "Why the archive member path `name` is unsafe on its face (absolute, or using `..`), or None."
     if _absolute(name): return 'absolute path'
     if '..' in _member_path(name).parts: return '`..` in path'
 
+# %% ../nbs/01_datasets.ipynb #7e3ce878
 def _escapes(path, links):
     "Whether relative `path` climbs above the root or passes through (or onto) one of the archive's `links`."
     parts = []
@@ -260,6 +272,7 @@ def _escapes(path, links):
             if tuple(parts) in links: return True
     return False
 
+# %% ../nbs/01_datasets.ipynb #0ad6c172
 def _tar_member_problem(m, links):
     "Why extracting tar member `m` could write outside the target folder, or None; records links in `links`."
     if problem := _path_problem(m.name): return problem
@@ -284,11 +297,13 @@ def _refuse(archive, member, problem):
     "Raise `UnsafeArchiveError` naming `member` of `archive` if there is a `problem`."
     if problem: raise UnsafeArchiveError(f'{archive}: refusing to extract member {member!r} ({problem})')
 
+# %% ../nbs/01_datasets.ipynb #1986804d
 def _check_size(archive, n_files, n_bytes, max_files, max_bytes):
     "Refuse `archive` if `n_files` members or `n_bytes` unpacked bytes are over the limits."
     if n_files > max_files: raise ArchiveError(f'{archive}: more than max_files={max_files:,} members; pass a larger max_files= if you trust it')
     if n_bytes > max_bytes: raise ArchiveError(f'{archive}: unpacks to more than max_bytes={max_bytes:,} bytes; pass a larger max_bytes= if you trust it')
 
+# %% ../nbs/01_datasets.ipynb #b12e513c
 class _CappedReads:
     "A file wrapper refusing any single read of more than `_MAX_HEADER` bytes, and keeping what the last read returned."
     def __init__(self, f, archive): self.f, self.archive, self.last = f, archive, b''
@@ -298,6 +313,7 @@ class _CappedReads:
         self.last = self.f.read(n)
         return self.last
 
+# %% ../nbs/01_datasets.ipynb #454974f8
 @contextmanager
 def _open_tar(archive):
     "Yield tar `archive` opened for reading, and its decompressed stream wrapped in `_CappedReads`."
@@ -307,6 +323,7 @@ def _open_tar(archive):
         stream = _CappedReads(raw, archive)
         with tarfile.open(fileobj=stream, mode='r:') as t: yield t, stream
 
+# %% ../nbs/01_datasets.ipynb #d4bb19d4
 def _extract_tar(archive, dest, max_files, max_bytes):
     "Extract tar `archive` into `dest` once every member header has passed the safety and size checks."
     with _open_tar(archive) as (t, stream):
@@ -321,6 +338,7 @@ def _extract_tar(archive, dest, max_files, max_bytes):
         while stream.read(1 << 20): pass  # reading on to the end makes a decompressor check its length and CRC
         t.extractall(dest, members=members, **_TAR_FILTER)
 
+# %% ../nbs/01_datasets.ipynb #c5ee6a4b
 def _extract_zip(archive, dest, max_files, max_bytes):
     "Extract zip `archive` into `dest` once every entry has passed the safety and size checks."
     with zipfile.ZipFile(archive) as z:
@@ -331,6 +349,7 @@ def _extract_zip(archive, dest, max_files, max_bytes):
         _check_size(archive, len(infos), sum(i.file_size for i in infos), max_files, max_bytes)
         z.extractall(dest)
 
+# %% ../nbs/01_datasets.ipynb #d9e538b2
 def _safe_extract(archive, dest, max_files, max_bytes):
     "Extract `archive` (tar, any compression, or zip) into the empty folder `dest`, refusing unsafe or oversized ones."
     try: (_extract_zip if archive.suffix == '.zip' else _extract_tar)(archive, dest, max_files, max_bytes)
@@ -345,6 +364,7 @@ def _source(folder):
     marker = folder/_MARKER
     return marker.read_text(encoding='utf-8').rstrip('\n') if marker.is_file() else None
 
+# %% ../nbs/01_datasets.ipynb #7e6c8bd9
 def _replace_dir(src, dest):
     "Move folder `src` onto `dest` by renames, so `dest` is never seen half-written; the old `dest` is back if that fails."
     old = temp_beside(dest, 'old')
@@ -355,6 +375,7 @@ def _replace_dir(src, dest):
         raise
     _remove(old)
 
+# %% ../nbs/01_datasets.ipynb #ac48bd26
 def _outward_link(tmp, top):
     "Member name and target of the first link extracted into `tmp` that would point outside `top` once `top` is moved; or None."
     links = {}
@@ -365,6 +386,7 @@ def _outward_link(tmp, top):
     for link, target in links.items():
         if Path(target).anchor or _escapes(link.parent/target, inside): return (top/link).relative_to(tmp).as_posix(), target
 
+# %% ../nbs/01_datasets.ipynb #36e21fab
 def _extract_into_place(archive, dest, url, max_files, max_bytes):
     "Extract `archive` beside `dest`, label it with `url`, then move its content (or its single folder) onto `dest`."
     tmp = temp_beside(dest, 'extracting')
@@ -392,12 +414,14 @@ def _archive_name(url):
     if not ext: raise ValueError(f'{url}: expected an archive ending in one of {", ".join(_ARCHIVE_EXTS)}')
     return fname[:-len(ext)], ext
 
+# %% ../nbs/01_datasets.ipynb #4d66424f
 def _archive_path(url):
     "Where the archive at `url` is cached: its name and a hash of the whole URL, so different URLs never share a file."
     name, ext = _archive_name(url)
     name = re.sub(r'[^\w.-]', '_', name)[:100]  # a name every system can store, short enough for the temporaries beside it
     return data_path()/'archive'/f'{name}-{hashlib.sha256(url.encode()).hexdigest()[:12]}{ext}'
 
+# %% ../nbs/01_datasets.ipynb #6589acfb
 def _default_dest(url):
     "`data_path()/<name>` for the archive at `url`, unless that name would land on something that is not a dataset."
     name, _ = _archive_name(url)
@@ -405,6 +429,7 @@ def _default_dest(url):
         raise ValueError(f'{url}: will not extract to {data_path()/name}; pass dest=')
     return data_path()/name
 
+# %% ../nbs/01_datasets.ipynb #8c85063e
 def _holds(dest, url, force):
     "Whether `dest` already holds the data of `url` (never with `force`); raises if `dest` must not be used or replaced."
     if not dest.exists(): return False
@@ -418,6 +443,7 @@ def _holds(dest, url, force):
         raise FileExistsError(f'{dest} holds the data of {source}, not {url}: pass dest= to keep both, or force=True to replace it')
     return not force
 
+# %% ../nbs/01_datasets.ipynb #37e35ca4
 def _cached(archive, checksum):
     "Whether `archive` is already downloaded and matches `checksum`, if one is given."
     return archive.exists() and (checksum is None or _file_hexdigest(archive, checksum) == checksum.lower())
@@ -448,6 +474,7 @@ def _lock(f, take=True):
     f.seek(0)  # msvcrt locks from the current position; byte 0 of the empty file lies past its end, which is allowed
     msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
 
+# %% ../nbs/01_datasets.ipynb #744e8cfa
 def _wait_for_lock(f, path):
     "Take the lock on the open file `f` at `path`, waiting for it as long as needed; False if its filesystem has no locks."
     waiting = False
@@ -463,6 +490,7 @@ def _wait_for_lock(f, path):
         waiting = True
         time.sleep(0.1)
 
+# %% ../nbs/01_datasets.ipynb #c54dc4d2
 @contextmanager
 def _data_lock():
     "Hold the data folder's lock, so that processes sharing it download and extract one at a time."
@@ -488,6 +516,7 @@ def _open_idx(path):
         with (gzip.open if gzipped else open)(path, 'rb') as f: yield f
     except (EOFError, zlib.error, gzip.BadGzipFile) as e: raise ValueError(f'{path}: corrupt gzip data ({e})') from e
 
+# %% ../nbs/01_datasets.ipynb #e5c69352
 def _read_idx_header(f, path):
     "The dtype and shape declared by the idx header at the start of the open file `f`."
     magic = f.read(4)
@@ -498,6 +527,7 @@ def _read_idx_header(f, path):
     if len(dims) < 4 * ndim: raise ValueError(f'{path}: idx header cut short')
     return np.dtype(_IDX_DTYPES[magic[2]]), struct.unpack(f'>{ndim}I', dims)
 
+# %% ../nbs/01_datasets.ipynb #2dc70f6f
 def _idx_shape(path):
     "The shape declared by the header of idx file `path`, without reading the data."
     with _open_idx(path) as f: return _read_idx_header(f, path)[1]
@@ -536,6 +566,7 @@ def _mnist_source(name):
     if name == 'mnist': return URLs.MNIST, MNIST_CHECKSUMS, [data_path()/name]
     raise ValueError(f"unknown dataset {name!r}: choose 'fashion-mnist' or 'mnist'")
 
+# %% ../nbs/01_datasets.ipynb #0327cc9c
 def _mnist_problem(folder):
     "Why `folder` does not hold the four idx files with the expected shapes, or None if it does."
     for fname, shape in MNIST_SHAPES.items():
@@ -545,6 +576,7 @@ def _mnist_problem(folder):
         except (OSError, ValueError) as e: return str(e)
         if got != shape: return f'{path} holds shape {got}, expected {shape}'
 
+# %% ../nbs/01_datasets.ipynb #73471002
 def _download_mnist(name, base, checksums):
     "Download the idx files of `name` missing from `data_path()/name`, each checked against `checksums`."
     folder = data_path()/name
@@ -553,12 +585,14 @@ def _download_mnist(name, base, checksums):
     if problem := _mnist_problem(folder): raise DownloadError(problem)
     return folder
 
+# %% ../nbs/01_datasets.ipynb #62437ad0
 def _how_to_get(name):
     "Ways to make dataset `name` available."
     apt = 'install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or ' if name == 'fashion-mnist' else ''
     return (f'{apt}go online so it can be downloaded, or set DL2_DATA to a folder holding '
             f'{name}/ with {", ".join(MNIST_FILES)}')
 
+# %% ../nbs/01_datasets.ipynb #715b60e7
 def find_mnist(name='fashion-mnist', download=True) -> Path:
     "The folder holding the four idx files of `name`: data folder, then Debian's copy, then a download."
     base, checksums, folders = _mnist_source(name)
@@ -587,6 +621,7 @@ def _load_cache(cache):
     except Exception as e: problem = f'{type(e).__name__}: {e}'.splitlines()[0]  # whatever the failure, the cure is a rebuild
     warnings.warn(f'{cache}: unusable cache ({problem}); rebuilding it')
 
+# %% ../nbs/01_datasets.ipynb #249aa3a7
 def _save_cache(arrays, cache):
     "Cache `arrays` at `cache`, or warn and carry on where the data folder can't take it."
     try:
@@ -594,6 +629,7 @@ def _save_cache(arrays, cache):
     except (OSError, RuntimeError) as e:  # torch.save can report a failed write as a RuntimeError
         warnings.warn(f'could not cache the decoded data at {cache} ({e}); it will be decoded again next time')
 
+# %% ../nbs/01_datasets.ipynb #57ad29de
 def get_data(name='fashion-mnist'):
     "`(x_train, y_train, x_valid, y_valid)` of `name`: float images (N,784) in [0,1], int64 labels; valid is the test set."
     _mnist_source(name)

@@ -32,6 +32,7 @@ def rank():
     "This process's rank in the default group; 0 without one."
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
+# %% ../nbs/09d_distributed.ipynb #7fb74552
 def world_size():
     "The number of processes in the default group; 1 without one."
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -50,6 +51,7 @@ def _rendezvous_timeout():
     "Seconds the processes of a group wait for each other to start: `$DL2_RENDEZVOUS_TIMEOUT`, default 300."
     return float(os.environ.get('DL2_RENDEZVOUS_TIMEOUT', 300))
 
+# %% ../nbs/09d_distributed.ipynb #88d74ca1
 def _why_no_group(e, addr, port, world, timeout):
     "What went wrong when the group at `addr:port` did not form, from the error `e`, in one sentence."
     if 'EADDRINUSE' in str(e) or 'address already in use' in str(e):
@@ -57,6 +59,7 @@ def _why_no_group(e, addr, port, world, timeout):
     return (f"the other {world - 1} process(es) of the group did not join within {timeout:g} s at {addr}:{port}; RANK and "
             f"WORLD_SIZE are set in the environment (to {os.environ.get('RANK')} and {world}): unset them to train alone")
 
+# %% ../nbs/09d_distributed.ipynb #da5baba7
 def _store():
     "The group's meeting point, hosted by rank 0, once every process has joined; says so while it waits."
     addr, port, world, timeout = os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), int(os.environ['WORLD_SIZE']), _rendezvous_timeout()
@@ -67,6 +70,7 @@ def _store():
     except dist.DistError as e: raise GroupError(_why_no_group(e, addr, port, world, timeout)) from None
     finally: note.cancel()
 
+# %% ../nbs/09d_distributed.ipynb #5a98cf0a
 def rank_from_env():
     "This process's rank as its launcher set it in `RANK` (0 without one)."
     return int(os.environ.get('RANK', 0))
@@ -76,6 +80,7 @@ def _init_group(backend):
     if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True': return dist.init_process_group(backend)
     dist.init_process_group(backend, store=_store(), rank=rank_from_env(), world_size=int(os.environ['WORLD_SIZE']))
 
+# %% ../nbs/09d_distributed.ipynb #44738989
 @contextlib.contextmanager
 def distributed(device=None):
     "Within the block this process belongs to the group its launcher started (NCCL on GPUs, Gloo otherwise); yields its device."
@@ -95,6 +100,7 @@ def _free_port():
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
+# %% ../nbs/09d_distributed.ipynb #2f81ec1b
 def _worker(local_rank, nproc, port, fn, args):
     "One process of `launch`: torchrun's environment, SIGTERM as `KeyboardInterrupt`, Ctrl-C left to the launcher; exits with `fn`'s code."
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
@@ -105,6 +111,7 @@ def _worker(local_rank, nproc, port, fn, args):
     except (OSError, AttributeError): pass
     sys.exit(fn(*args))
 
+# %% ../nbs/09d_distributed.ipynb #f229c3e8
 def _exit_code(p):
     "A process's exit code as a shell reports it: 128 + the signal that killed it."
     return 128 - p.exitcode if p.exitcode < 0 else p.exitcode
@@ -117,6 +124,7 @@ def _stop(procs, grace):
     for p in procs:
         if p.is_alive(): p.kill(); p.join()
 
+# %% ../nbs/09d_distributed.ipynb #e6bb94c4
 def _first_failure(procs):
     "Wait until every process has exited (None) or one has failed (that one)."
     while alive := [p for p in procs if p.is_alive()]:   # one list: a process may end between two looks
@@ -125,6 +133,7 @@ def _first_failure(procs):
         if failed is not None: return failed
     return next((p for p in procs if p.exitcode != 0), None)
 
+# %% ../nbs/09d_distributed.ipynb #b25cbb4a
 def launch(fn, nproc, *args, start_method='spawn', grace=60., prog='launch'):
     "Run `fn(*args)`, which returns an exit code, in `nproc` processes of this machine; when one fails, stop the others. The first failure's exit code, else 0."
     sys.stdout.flush(); sys.stderr.flush()   # nothing buffered that forked processes would write again
@@ -148,6 +157,7 @@ def _picklable(e):
     try: return pickle.loads(pickle.dumps(e))
     except Exception: return RuntimeError(f'{type(e).__name__}: {e}')
 
+# %% ../nbs/09d_distributed.ipynb #a0906471
 def _raise_any(err):
     "Tell every process about `err` (an exception or None); raise it, or else another process's, if there is one."
     errs = [None] * world_size()
@@ -156,6 +166,7 @@ def _raise_any(err):
     other = next((e for e in errs if e is not None), None)
     if other is not None: raise other
 
+# %% ../nbs/09d_distributed.ipynb #5580acd3
 def on_rank0(fn, *args, **kwargs):
     "`fn(*args, **kwargs)` run by rank 0 alone: its result there (None elsewhere), its exception raised on every process."
     if world_size() == 1: return fn(*args, **kwargs)
@@ -166,6 +177,7 @@ def on_rank0(fn, *args, **kwargs):
     _raise_any(err)
     return res
 
+# %% ../nbs/09d_distributed.ipynb #0be28802
 @contextlib.contextmanager
 def rank0_first():
     "Rank 0 runs the block, then the other processes do; an exception in it anywhere is raised on every process."
@@ -178,6 +190,7 @@ def rank0_first():
     if first: _raise_any(err)
     _raise_any(None if first else err)
 
+# %% ../nbs/09d_distributed.ipynb #7212f608
 def broadcast_value(v, src=0):
     "The value `v` of process `src`, on every process."
     if world_size() == 1: return v
@@ -185,6 +198,7 @@ def broadcast_value(v, src=0):
     dist.broadcast_object_list(box, src)
     return box[0]
 
+# %% ../nbs/09d_distributed.ipynb #29e5d187
 def broadcast_state(model, src=0):
     "Copy `model`'s parameters and buffers from process `src` to the others (after it initialised them alone); `model`."
     if world_size() == 1: return model
@@ -196,6 +210,7 @@ def broadcast_state(model, src=0):
     model.load_state_dict(state)   # modules that keep copies of buffer values (RunningBatchNorm's counters) reload them
     return model
 
+# %% ../nbs/09d_distributed.ipynb #240567b6
 def rank_seed(seed):
     "`seed` on rank 0 and a different one on each other process: for draws that must differ (augmentation), unlike initialisation."
     return seed + 7919 * rank()
@@ -209,12 +224,14 @@ class _ShardedTensorLoader(TensorDataLoader):
     def __len__(self): return len(self.sampler) // self.bs if self.drop_last else math.ceil(len(self.sampler) / self.bs)
     def order(self): return torch.tensor(list(self.sampler), device=self.x.device)
 
+# %% ../nbs/09d_distributed.ipynb #4392451e
 def _batch_size(dl):
     "The batch size of a `TensorDataLoader` or a `DataLoader`."
     bs = dl.bs if isinstance(dl, TensorDataLoader) else getattr(dl, 'batch_size', None)
     if bs is None: raise TypeError(f"shard_loader: takes a TensorDataLoader or a DataLoader with a batch size, got {type(dl).__name__}")
     return bs
 
+# %% ../nbs/09d_distributed.ipynb #24018398
 def shard_loader(dl, rank, world, seed=0, train=True):
     "Process `rank`'s share (of `world`) of loader `dl`: batches a `world`-th the size; training shares shuffled by `seed` and epoch, equal in length."
     bs = _batch_size(dl)
@@ -233,6 +250,7 @@ class ProcessSum:
     def __call__(self, t): dist.all_reduce(t, group=self.group)
     def __repr__(self): return f'ProcessSum(world={self.world})'
 
+# %% ../nbs/09d_distributed.ipynb #4c3d424c
 def sync_running_bn(model, sync=True, group=None):
     "Make every `RunningBatchNorm` of `model` use the statistics of all processes of `group`, as `FastRunningBatchNorm` (the lesson's step has no sums to add up); `sync=False`: each its own statistics, and layers switched back; `model`."
     s = ProcessSum(group) if sync else None
@@ -253,6 +271,7 @@ class _DDP(DistributedDataParallel):
     def state_dict(self, *args, **kwargs): return self.module.state_dict(*args, **kwargs)
     def load_state_dict(self, *args, **kwargs): return self.module.load_state_dict(*args, **kwargs)
 
+# %% ../nbs/09d_distributed.ipynb #3637ac6d
 def _comm_device():
     "Where the default group's collectives take their tensors: this GPU for NCCL, else the CPU."
     return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
@@ -262,8 +281,6 @@ def _sum_over_processes(values):
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return t.tolist()
-
-
 
 # %% ../nbs/09d_distributed.ipynb #7c89bd81
 class DistributedCallback(Callback):
@@ -325,6 +342,7 @@ class DistributedCallback(Callback):
         if sys.stdout is not self.stdout_before: sys.stdout.close(); sys.stdout = self.stdout_before
         sync_running_bn(self.bare, False)
 
+# %% ../nbs/09d_distributed.ipynb #81d3f359
 def lost_peer(e):
     "Whether exception `e` comes from a collective whose partner process is gone (it crashed or was stopped)."
     return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and 'gloo/transport' in str(e))

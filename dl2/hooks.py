@@ -19,6 +19,7 @@ class Hook():
     def __enter__(self, *args): return self
     def __exit__(self, *args): self.remove()
 
+# %% ../nbs/06a_hooks.ipynb #2316275c
 class Hooks(ListContainer):
     "A `Hook` on each module of `ms`; a context manager that removes them all on exit."
     def __init__(self, ms, f): super().__init__([Hook(m, f) for m in ms])
@@ -40,6 +41,7 @@ def append_stats(hook, mod, inp, outp, hist=True):
     hook.stats[0].append(o.mean().cpu()); hook.stats[1].append(o.std().cpu())
     if hist: hook.stats[2].append(o.histc(40, -7, 7).cpu())
 
+# %% ../nbs/06a_hooks.ipynb #f9c04ec6
 def get_hist(h):
     "The histograms recorded by `h` as an image: bins by iterations, log scale."
     return torch.stack(h.stats[2]).t().float().log1p()
@@ -49,6 +51,7 @@ def get_min(h):
     h1 = torch.stack(h.stats[2]).t().float()
     return h1[19:22].sum(0) / h1.sum(0).clamp_min(1)
 
+# %% ../nbs/06a_hooks.ipynb #b38c9acc
 def plot_stats(hooks, n=None):
     "Means and standard deviations of each hooked layer over the first `n` iterations (all by default)."
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4))
@@ -59,6 +62,7 @@ def plot_stats(hooks, n=None):
     ax1.legend(range(len(hooks)))
     return fig
 
+# %% ../nbs/06a_hooks.ipynb #8f265880
 def plot_hists(hooks):
     "One histogram image per hooked layer (iterations along x, activation value up y)."
     fig, axes = plt.subplots(1, len(hooks), figsize=(3 * len(hooks), 3), squeeze=False)
@@ -66,6 +70,7 @@ def plot_hists(hooks):
         ax.imshow(get_hist(h), origin='lower', aspect='auto'); ax.axis('off')
     return fig
 
+# %% ../nbs/06a_hooks.ipynb #1d6eda22
 def plot_min(hooks):
     "The fraction of near-zero activations of each hooked layer over training."
     fig, axes = plt.subplots(1, len(hooks), figsize=(3 * len(hooks), 3), squeeze=False)

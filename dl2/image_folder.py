@@ -33,11 +33,13 @@ def _class_folder(name):
     "A class name usable as a folder name: 'T-shirt/top' becomes 'T-shirt_top'."
     return name.replace('/', '_')
 
+# %% ../nbs/08a_image_folder.ipynb #8d75c65b
 def _write_pngs(folder, imgs, idxs):
     "Save each uint8 array of `imgs` to `folder` as a PNG named after its index in `idxs`."
     folder.mkdir(parents=True, exist_ok=True)
     for a, i in zip(imgs, idxs): PIL.Image.fromarray(a).save(folder/f'{i:05d}.png')
 
+# %% ../nbs/08a_image_folder.ipynb #55948793
 def _chunks(xs, n): return [xs[i:i + n] for i in range(0, len(xs), n)]
 
 def _png_jobs(name, dest, n_per_class=None):
@@ -55,6 +57,7 @@ def _n_cpus():
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
+# %% ../nbs/08a_image_folder.ipynb #d77d05d1
 @contextmanager
 def _interrupt_flag():
     "Within the block, Ctrl-C sets the event it yields rather than raising wherever the main thread is."
@@ -64,6 +67,7 @@ def _interrupt_flag():
     try: yield stop
     finally: signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
 
+# %% ../nbs/08a_image_folder.ipynb #78f4d404
 def _pool_worker_init():
     "In a pool worker: leave Ctrl-C to the main process, and exit when the process that started this one is gone."
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -93,11 +97,13 @@ def _summary(folder):
     return {f'{s}/{c.name}': [len(fs), sum(f.stat().st_size for f in fs)]
             for s in ('train', 'val') for c in os.scandir(folder/s) for fs in [list(os.scandir(c))]}
 
+# %% ../nbs/08a_image_folder.ipynb #b27196ee
 def _intact(dest):
     "Whether `dest` is a finished PNG folder, unchanged since: its marker's record matches the disk."
     try: return json.loads((dest/_COMPLETE).read_text()) == _summary(dest)
     except (OSError, ValueError): return False
 
+# %% ../nbs/08a_image_folder.ipynb #cac9e5eb
 def _publish(tmp, dest):
     "Put the finished folder `tmp` at `dest`, replacing a damaged `dest`; an intact one (another process's) wins."
     if dest.exists() and not _intact(dest): shutil.rmtree(dest)
@@ -184,6 +190,7 @@ def _split_by_top(fn, root, valid_name, train_name):
     if len(parts) < 3: return None   # not in a class folder
     return True if parts[0] == valid_name else False if parts[0] == train_name else None
 
+# %% ../nbs/08a_image_folder.ipynb #a3ab5e29
 def _class_of(fn, root):
     "The class of image `fn`: its folder right below the split folder of `root`, however deep the image lies in it."
     return Path(fn).relative_to(root).parts[1]
@@ -231,6 +238,7 @@ def _cache_file(path, size, valid_name='val', train_name='train'):
     key = hashlib.sha256(repr([_CACHE_VERSION, str(path), size, valid_name, train_name, stats]).encode()).hexdigest()[:16]
     return data_path()/'cache'/f'{path.name}-{key}.pt'
 
+# %% ../nbs/08a_image_folder.ipynb #68f492dc
 def _load_cache(cache):
     "The dict saved in `cache`, or None (with a warning naming the file) if it cannot be read as one."
     try: d = torch.load(cache, weights_only=True)
@@ -240,6 +248,7 @@ def _load_cache(cache):
     if isinstance(d, dict) and d.get('version') == _CACHE_VERSION: return d
     warnings.warn(f'{cache}: not a dl2 preload cache of this version, rebuilding it')
 
+# %% ../nbs/08a_image_folder.ipynb #2db010af
 def _save_cache(d, cache):
     "Write `d` to `cache` atomically; if that fails (a full disk, say), warn and go on."
     try:
@@ -260,6 +269,7 @@ def _host_memory():
     except (OSError, ValueError): pass
     return avail
 
+# %% ../nbs/08a_image_folder.ipynb #2a598e43
 def _check_memory(what, nbytes, device='cpu'):
     "Raise a one-line ValueError if `nbytes` for `what` exceed the memory free on `device` (a GPU's own, else the host's)."
     device = torch.device(device)
@@ -274,6 +284,7 @@ def _image_shape(il, c_in, size):
     if size is not None: return (c_in, *((size, size) if isinstance(size, int) else size))
     with il.get(il.items[0]) as img: return (c_in, img.height, img.width)
 
+# %% ../nbs/08a_image_folder.ipynb #b3c02385
 def _decode_all(il, shape):
     "Every image of `il` decoded into one uint8 tensor `(len(il), *shape)`, by a thread pool; an image of another shape is an error naming it."
     out = torch.empty((len(il), *shape), dtype=torch.uint8)
@@ -308,12 +319,14 @@ def _subset(x, y, n, seed):
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     return x[idx], y[idx]
 
+# %% ../nbs/08a_image_folder.ipynb #b84436cb
 class _BytesToFloat():
     "The batch transform turning uint8 images into floats normalised by `norm`."
     _order = BatchOrder.TO_FLOAT
     def __init__(self, norm): self.norm = norm
     def __call__(self, x): return self.norm.from_bytes(x)
 
+# %% ../nbs/08a_image_folder.ipynb #947ca929
 def preloaded_databunch(path, size=None, bs=64, device=None, batch_tfms=None, subset=None, seed=0, valid_name='val', train_name='train'):
     "A `DataBunch` of `TensorDataLoader`s over the preloaded images of `path`, kept on `device` as bytes, normalised per batch."
     d = preload_folder(path, size, valid_name, train_name)
@@ -342,6 +355,7 @@ class DatasetSpec:
     size: Optional[int] = 128     # the image size to train at (None: as stored)
     augment: str = 'affine'       # the batch augmentation to train with: a name in dl2.augmentation's BATCH_AUGMENTS
 
+# %% ../nbs/08a_image_folder.ipynb #57631a1d
 def _download(url, n_per_class=None):
     "The image folder of the archive at `url`, downloaded once (a subset is drawn from all of it)."
     return untar_data(url)
@@ -362,6 +376,7 @@ def dataset_folder(name, n_per_class=None):
     if missing: raise FileNotFoundError(f"dataset folder {path} has no {' or '.join(s + '/' for s in missing)} folder")
     return path
 
+# %% ../nbs/08a_image_folder.ipynb #5d5cc0c2
 def dataset_databunch(name, bs, device=None, size=None, augment='auto', subset=None, seed=0):
     "The preloaded `DataBunch` of dataset `name` (see `dataset_folder`) on `device`, at `size` (default: the dataset's), training batches augmented by `augment` ('auto': the dataset's; also `data.augment`)."
     spec = DATASETS.get(name, DatasetSpec(folder=None))

@@ -60,6 +60,7 @@ class CbOrder:
     SAVE = 20         # after the epoch's statistics are in: checkpoints, CSV files
     STOP = 30         # decides last whether to stop
 
+# %% ../nbs/04_callbacks.ipynb #10041910
 def check_callback(cb):
     "`cb` if it is a `Callback` with a numeric `_order`; a clear error otherwise."
     if not isinstance(cb, Callback):
@@ -93,6 +94,7 @@ def param_getter(model):
     "The default splitter: all parameters of `model` in one group."
     return list(model.parameters())
 
+# %% ../nbs/04_callbacks.ipynb #cf449792
 def body_head_splitter(model):
     "Two parameter groups: everything but the last child of `model` (the body), and the last child (the head)."
     children = list(model.children())
@@ -169,11 +171,13 @@ def create_opt(self:Learner):
     "A fresh optimizer from `opt_func` over `splitter(model)`."
     self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
 
+# %% ../nbs/04_callbacks.ipynb #15817741
 def _check_loaders(data):
     "Raise a clear error if the training loader of `data` yields no batch."
     n = len(data.train_dl)
     if n == 0: raise ValueError(f"Learner.fit: the training data loader is empty ({len(data.train_ds)} items)")
 
+# %% ../nbs/04_callbacks.ipynb #3b0abca9
 @patch
 def fit(self:Learner, epochs, cbs=None, reset_opt=False):
     "Train for `epochs` epochs, with the extra callbacks `cbs` for this call only."
@@ -202,6 +206,7 @@ def format_time(t):
     h, m, s = t//3600, (t//60) % 60, t % 60
     return f'{h}:{m:02d}:{s:02d}' if h else f'{m:02d}:{s:02d}'
 
+# %% ../nbs/04_callbacks.ipynb #87c4f94f
 class AvgStats():
     "Batch-size-weighted running averages of the loss and `metrics`."
     def __init__(self, metrics, in_train): self.metrics, self.in_train = listify(metrics), in_train
@@ -219,6 +224,7 @@ class AvgStats():
         self.count += bn
         for i, m in enumerate(self.metrics): self.tot_mets[i] = self.tot_mets[i] + m(learn.pred, learn.yb).detach() * bn
 
+# %% ../nbs/04_callbacks.ipynb #4d63e6ac
 class AvgStatsCallback(Callback):
     "Logs the average loss and `metrics` of training and validation after each epoch."
     def __init__(self, metrics=None):

@@ -44,6 +44,7 @@ def smooth(xs, beta=0.9):
         out.append(avg / (1 - beta ** i))
     return out
 
+# %% ../nbs/05b_early_stopping.ipynb #6819b630
 def suggest_lr(lrs, losses):
     "A tenth of the learning rate at which the smoothed `losses` are lowest."
     if not losses: raise ValueError("suggest_lr: no losses recorded")
@@ -54,6 +55,7 @@ def suggest_lr(lrs, losses):
                       f"(too few or too noisy batches?); its suggestion {lrs[best] / 10:.2g} is a guess: choose a learning rate yourself")
     return lrs[best] / 10
 
+# %% ../nbs/05b_early_stopping.ipynb #872e688f
 def find_lr(learn, max_iter=100):
     "Run the LR range test on `learn` (weights restored after); the suggested learning rate and the `Recorder`."
     rec = Recorder()

@@ -64,17 +64,20 @@ def _measuring(model):
         _restore_buffers(model, buffers)
         for m, training in modes: m.training = training
 
+# %% ../nbs/07a_lsuv.ipynb #dbd1eb8c
 def _restore_buffers(model, buffers):
     "Copy back `buffers` (name -> tensor), through `load_state_dict` too, so modules that cache buffer values reload them."
     with torch.no_grad():
         for n, b in model.named_buffers(): b.copy_(buffers[n])  # non-persistent buffers are not in a state dict
     if buffers: model.load_state_dict(buffers, strict=False)
 
+# %% ../nbs/07a_lsuv.ipynb #7c238681
 def _stats(o):
     "Mean and std of tensor `o` as floats."
     o = o.detach().float()
     return o.mean().item(), o.std().item()
 
+# %% ../nbs/07a_lsuv.ipynb #e306793c
 def _layer_stats(model, m, xb, stop_early=True):
     "Mean and std of the output of `m` at its first call in `model(xb)`; the forward stops there if `stop_early`."
     def _record(hook, mod, inp, out):
@@ -87,6 +90,7 @@ def _layer_stats(model, m, xb, stop_early=True):
     if not hasattr(h, 'stats'): raise ValueError(f"{type(m).__name__} layer was not called by the model's forward")
     return h.stats
 
+# %% ../nbs/07a_lsuv.ipynb #0b39087b
 def _rescale(m, mean, std, fix_mean):
     "Divide `m`'s weight by `std` and set its bias so the output mean goes to 0 (exact for an affine layer)."
     with torch.no_grad():
@@ -108,6 +112,7 @@ class LSUVStat:
     @property
     def converged(self): return self.status == 'converged'
 
+# %% ../nbs/07a_lsuv.ipynb #62694565
 class LSUVReport(ListContainer):
     "The `LSUVStat` of each layer `lsuv_init` processed, in execution order, shown as a table."
     def __repr__(self):
@@ -116,11 +121,13 @@ class LSUVReport(ListContainer):
         return '\n'.join([head] + [f'{s.name:<{w}}  {s.kind:<10} {s.mean:>10.2e} {s.std:>8.4f} {s.iters:>5}  {s.status}'
                                    for s in self])
 
+# %% ../nbs/07a_lsuv.ipynb #6991e2e4
 def _params(m):
     "Copies of `m`'s weight and bias, to undo a failed LSUV."
     b = getattr(m, 'bias', None)
     return m.weight.detach().clone(), b.detach().clone() if isinstance(b, torch.Tensor) else b
 
+# %% ../nbs/07a_lsuv.ipynb #8a2fff48
 def _restore(m, params):
     "Put back the weight and bias saved by `_params`."
     w, b = params
@@ -129,6 +136,7 @@ def _restore(m, params):
         if isinstance(b, torch.Tensor): m.bias.copy_(b)
         elif b is not None: m.bias = b
 
+# %% ../nbs/07a_lsuv.ipynb #4cd88c3d
 def check_batch(xb, fn='lsuv_init'):
     "`xb` if it is a non-empty batch tensor of finite numbers; a clear error naming `fn` otherwise."
     if not isinstance(xb, torch.Tensor):
@@ -137,6 +145,7 @@ def check_batch(xb, fn='lsuv_init'):
     if not torch.isfinite(xb).all(): raise ValueError(f'{fn}: the batch `xb` holds NaN or infinite values')
     return xb
 
+# %% ../nbs/07a_lsuv.ipynb #ad64cad9
 def lsuv_module(m, xb, model=None, tol=1e-3, max_iters=10, stop_early=True, name=None):
     "Rescale layer `m` of `model` (default: `m` itself) until its output on `xb` has std 1 and, if it has a bias, mean 0."
     if max_iters < 0: raise ValueError(f'lsuv_module: max_iters must be 0 or more, got {max_iters}')
@@ -170,6 +179,7 @@ def _execution_order(model, layers, xb):
     if missed: warnings.warn(f"LSUV: skipping {len(missed)} layer(s) the forward never called: {', '.join(missed)}")
     return order
 
+# %% ../nbs/07a_lsuv.ipynb #0524a4e6
 def lsuv_init(model, xb, layers=None, tol=1e-3, max_iters=10, ortho=True, stop_early=True, verbose=False):
     "LSUV-initialise `layers` of `model` (default: all `is_lin_layer`s) one by one in execution order on batch `xb`."
     p = next(model.parameters(), None)

@@ -20,23 +20,31 @@ def annealer(f):
     _inner.__name__, _inner.__doc__ = f.__name__, f.__doc__
     return _inner
 
+# %% ../nbs/05_anneal.ipynb #001a36f2
 @annealer
 def sched_lin(start, end, pos):
     "Linear from `start` to `end`."
     return start + pos * (end - start)
+
+# %% ../nbs/05_anneal.ipynb #0fd6ba76
 @annealer
 def sched_cos(start, end, pos):
     "Half a cosine from `start` to `end`: flat at both ends."
     return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+# %% ../nbs/05_anneal.ipynb #ba1167a9
 @annealer
 def sched_no(start, end, pos):
     "Constant at `start`."
     return start
+
+# %% ../nbs/05_anneal.ipynb #e03f52ba
 @annealer
 def sched_exp(start, end, pos):
     "Exponential (linear in log space) from `start` to `end`."
     return start * (end / start) ** pos
 
+# %% ../nbs/05_anneal.ipynb #bc6fca7f
 def cos_1cycle_anneal(start, high, end):
     "The two halves of a one-cycle schedule: cosine up to `high`, then down to `end`."
     return [sched_cos(start, high), sched_cos(high, end)]
@@ -88,6 +96,7 @@ class Recorder(Callback):
         ax.set_xlabel('learning rate (log)'); ax.set_ylabel('loss')
         return ax
 
+# %% ../nbs/05_anneal.ipynb #09596933
 class ParamScheduler(Callback):
     "Sets hyper-parameter `pname` of each parameter group from `sched_funcs` (one, or one per group) each training batch."
     _order = CbOrder.SCHEDULE

@@ -55,6 +55,7 @@ def _int_in(lo, hi):
         return v
     return _parse
 
+# %% ../nbs/11_train.ipynb #52040cb9
 def _number(s, ok, what):
     "`s` as a float if `ok(value)`, else an argparse error saying it must be `what`."
     try: v = float(s)
@@ -62,6 +63,7 @@ def _number(s, ok, what):
     if not (math.isfinite(v) and ok(v)): raise argparse.ArgumentTypeError(f"{s!r} must be {what}")
     return v
 
+# %% ../nbs/11_train.ipynb #77d7833e
 def _lr(s):
     "A learning rate: a positive finite number, or 'find' to run the LR finder first."
     if s == 'find': return s
@@ -69,6 +71,7 @@ def _lr(s):
     except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is neither a number nor 'find'") from None
     return _number(s, lambda v: v > 0, 'a finite number > 0')
 
+# %% ../nbs/11_train.ipynb #d81e75ae
 def _smoothing(s): return _number(s, lambda v: 0 <= v < 1, 'at least 0 and below 1')
 
 def _nfs(s):
@@ -78,6 +81,7 @@ def _nfs(s):
     try: return [_int_in(1, 4096)(o) for o in parts]
     except argparse.ArgumentTypeError as e: raise argparse.ArgumentTypeError(f'filters {s!r}: {e}')
 
+# %% ../nbs/11_train.ipynb #5bc573a8
 def _folder(s):
     "An output folder: any path but an empty one."
     if not s.strip(): raise argparse.ArgumentTypeError("an empty name: give the folder a name (the default is dl2_run)")
@@ -91,6 +95,7 @@ def _data_options(p):
     p.add_argument('--augment', choices=('auto',) + tuple(BATCH_AUGMENTS), default='auto',
                    help="batch augmentation of the training images (10_augmentation); auto: the dataset's own")
 
+# %% ../nbs/11_train.ipynb #789a58e7
 def _model_options(p):
     p.add_argument('--model', choices=('auto',) + tuple(MODELS), default='auto',
                    help="the lesson's CNN, or a small ResNet of the lesson's layers; auto: resnet on CUDA, cnn elsewhere")
@@ -112,6 +117,7 @@ def _training_options(p):
                    help='bf16: forward passes under bfloat16 autocast (weights and optimizer stay fp32); auto: bf16 on CUDA, fp32 elsewhere')
     p.add_argument('--seed', type=_int_in(0, 2**31 - 1), default=42, help='random seed: the same seed, the same run on the same machine')
 
+# %% ../nbs/11_train.ipynb #c2a9d27e
 def _run_options(p):
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda', 'mps'), default='auto', help='where to train; auto: CUDA, then Apple MPS, then the CPU')
     p.add_argument('--out', type=_folder, default='dl2_run', help='output folder: metrics.csv, plots, checkpoint.pth')
@@ -122,6 +128,7 @@ def _run_options(p):
                    help='with several processes, normalise with the statistics of the whole batch (on by default)')
     p.add_argument('--version', action='version', version=f'%(prog)s {dl2.__version__}')
 
+# %% ../nbs/11_train.ipynb #0ad0af14
 def get_parser():
     "The argument parser of `dl2_train`."
     p = _Parser(prog='dl2_train', description='Train the lesson 11 CNN on an image dataset.', allow_abbrev=False, formatter_class=_Help)
@@ -137,6 +144,7 @@ def load_data(args, device):
     try: return dataset_databunch(args.dataset, args.bs, device=device, size=args.size, augment=args.augment, subset=args.subset, seed=args.seed)
     except (OSError, ValueError) as e: raise UsageError(f'{args.dataset}: {e}') from None
 
+# %% ../nbs/11_train.ipynb #7c848d98
 def make_model(data, nfs, norm, arch='cnn'):
     "The model `arch` of `MODELS` for `data`, conv filters `nfs`, normalisation `norm` of `NORMS`."
     return MODELS[arch](data, nfs, NORMS[norm], leak=0.1)
@@ -154,6 +162,7 @@ def for_device(args, device):
     if args.precision == 'auto': args.precision = 'bf16' if cuda else 'fp32'
     return args
 
+# %% ../nbs/11_train.ipynb #9b1107a1
 def _model(args, data, device, ckpt):
     "The model `args` describe on `device`: LSUV-initialised on rank 0 and copied to the others, or `ckpt`'s weights later."
     model = make_model(data, args.nfs, args.norm, args.model).to(device)
@@ -163,6 +172,7 @@ def _model(args, data, device, ckpt):
         broadcast_state(model)
     return model.to(memory_format=torch.channels_last)
 
+# %% ../nbs/11_train.ipynb #675f396d
 def build_learner(args, data, device, ckpt=None):
     "The `Learner` `args` describe, restored from the checkpoint dict `ckpt` if given."
     opt_func = OPTIMIZERS[args.opt].opt_func
@@ -187,6 +197,7 @@ class FolderLock:
             raise UsageError(f"--out {path} is in use by another dl2_train; wait for it or choose another --out") from None
     def close(self): os.close(self.fd)
 
+# %% ../nbs/11_train.ipynb #c1546793
 def _lock_fd(fd):
     "Lock the open folder `fd` for this process: flock on POSIX; on Windows, open folders cannot be deleted or renamed, which is the lock."
     if os.name != 'nt':
@@ -203,6 +214,7 @@ def _check_writable(out):
         probe.write_bytes(b''); probe.unlink()
     except OSError as e: raise UsageError(f"--out {out} is not writable ({e.strerror or e})") from None
 
+# %% ../nbs/11_train.ipynb #32ebbeed
 def _other_run(out, resume, overwrite):
     "Raise a `UsageError` if `out` holds another run that neither `resume` nor `overwrite` allows using; else remove it if `overwrite`."
     found = [f for f in RUN_FILES if (out/f).exists()]
@@ -212,6 +224,7 @@ def _other_run(out, resume, overwrite):
     if overwrite and not resume:
         for f in found: (out/f).unlink()
 
+# %% ../nbs/11_train.ipynb #36092a5e
 def prepare_out(out, resume=False, overwrite=False):
     "Make `out` ready for a run: a writable folder, locked for this process, holding no other run's outputs; the `FolderLock`."
     out = Path(out)
@@ -227,6 +240,7 @@ def given_options(argv):
     opts = {a.split('=')[0] for a in argv if a.startswith('--')}
     return {a.dest for a in get_parser()._actions if opts & set(a.option_strings)}
 
+# %% ../nbs/11_train.ipynb #2e70dbc4
 def _valid_setting(k, v):
     "Whether the stored value `v` of option `k` is one the option itself would produce."
     a = next(a for a in get_parser()._actions if a.dest == k)
@@ -236,6 +250,7 @@ def _valid_setting(k, v):
     except (argparse.ArgumentTypeError, TypeError, ValueError): return False
     return parsed == v and (a.choices is None or v in a.choices)
 
+# %% ../nbs/11_train.ipynb #28d11a24
 def run_settings(ckpt):
     "The settings of the run saved in checkpoint dict `ckpt`, each checked as its option would check it; a `UsageError` otherwise."
     saved = ckpt.get('extra', {}).get('args') if isinstance(ckpt.get('extra'), dict) else None
@@ -259,6 +274,7 @@ def resume_settings(args, given, ckpt, log=print):
         log(f"resuming a run of {saved['epochs']} epochs as one of {args.epochs}: its schedule is stretched to fit")
     return args
 
+# %% ../nbs/11_train.ipynb #0464a98e
 def read_run(args, given, log=print):
     "The checkpoint dict of the run in `args.out`, read once, with `args` set to that run's settings."
     try: ckpt = load_checkpoint(Path(args.out)/CHECKPOINT)
@@ -277,6 +293,7 @@ def check_device(device):
     if device.type == 'mps' and not torch.backends.mps.is_available(): raise UsageError("--device mps: Apple MPS is not available")
     if world_size() > 1 and device.type not in ('cpu', 'cuda'): raise UsageError(f"--device {device.type}: several processes train on CUDA GPUs or the CPU")
 
+# %% ../nbs/11_train.ipynb #c1d557da
 def _savefig(fig, path):
     fig.savefig(path, dpi=80, bbox_inches='tight'); plt.close(fig)
 
@@ -285,6 +302,7 @@ def save_plots(learn, out):
     _savefig(plot_losses(learn.recorder, learn.avg_stats.history).figure, Path(out)/'loss.png')
     _savefig(learn.recorder.plot_lr(ax=plt.subplots(figsize=(5, 3))[1]).figure, Path(out)/'lr.png')
 
+# %% ../nbs/11_train.ipynb #c9903f33
 def _find_lr(learn, out, log):
     "The LR finder's suggestion for `learn`, with its plot saved as `out`/lr_find.png."
     lr, rec = find_lr(learn)
@@ -310,6 +328,7 @@ def _prepare(args, given, device, log):
     lr = args.lr or OPTIMIZERS[args.opt].lr
     return learn, (broadcast_value(on_rank0(_find_lr, learn, args.out, log)) if lr == 'find' else lr), 0, {}
 
+# %% ../nbs/11_train.ipynb #8d141831
 def _callbacks(args, lr, ckpt_path):
     "The callbacks of a `dl2_train` run: metrics, progress, reseeding, checkpoints, the CSV log, several processes."
     run = plain(vars(args))
@@ -325,6 +344,7 @@ def _why_stopped(e):
     if isinstance(e, TrainingDiverged): return f'{e}; resuming would diverge again: start a new run with a lower --lr'
     if lost_peer(e): return 'another process stopped'
 
+# %% ../nbs/11_train.ipynb #18d1d895
 def _fit(learn, args, lr, done, logs):
     "Train `learn` for `args.epochs` with the one-cycle schedule peaking at `lr`, skipping the `done` epochs; `Interrupted` on an early stop."
     ckpt_path = Path(args.out)/CHECKPOINT
@@ -353,6 +373,7 @@ def _report(learn, args, lr, start):
     except KeyboardInterrupt: raise Interrupted('interrupted after training had finished', Path(args.out)/CHECKPOINT, len(history)) from None
     return res
 
+# %% ../nbs/11_train.ipynb #66a90a6c
 def train(args, given=(), log=print):
     "Train as `args` (from `get_parser`; `given`: the options written out) says, on every process of a group if in one; a dict with the final metrics."
     log, device = (log if rank() == 0 else noop), process_device(args.device)   # rank 0 speaks for all
@@ -381,6 +402,7 @@ def _check_nproc(args):
     if device.type not in ('cpu', 'cuda'): raise UsageError(f'--nproc: several processes train on CUDA GPUs or the CPU, not {device.type}')
     if not args.resume and args.bs % args.nproc: raise UsageError(f'--bs {args.bs} does not split evenly over {args.nproc} processes')
 
+# %% ../nbs/11_train.ipynb #163a171d
 def _launch(args, argv, command, prog):
     "Start `--nproc` processes each running `main(argv)`: forked as the command on the CPU (spares the imports), spawned otherwise."
     _check_nproc(args)
@@ -402,6 +424,7 @@ def _exit_code(e):
     if isinstance(e, OSError): return f'error: {e}', 1
     if lost_peer(e): return 'another process stopped before training started', 143
 
+# %% ../nbs/11_train.ipynb #bea98d23
 def _final_line(res):
     tta = f" ({res['tta_accuracy']:.4f} averaged with mirror images)" if 'tta_accuracy' in res else ''
     return f"final validation accuracy: {res['valid_accuracy']:.4f}{tta} after {res['epochs']} epochs ({res['time']:.1f}s of training); outputs in {res['out']}"

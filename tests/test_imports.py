@@ -8,11 +8,13 @@ MODULES = sorted(m.name.removeprefix('dl2.') for m in pkgutil.walk_packages(dl2.
                  if not m.name.rsplit('.', 1)[-1].startswith('_') and not m.ispkg)
 
 LESSON = {'core', 'imports', 'datasets', 'data', 'learner', 'schedules', 'lr_find', 'cnn', 'hooks', 'batchnorm', 'lsuv',
-          'data_block', 'optimizers', 'checkpoint', 'progress', 'augmentation', 'train', 'course'}
-SPEED = {'fast.kernels', 'fast.batchnorm', 'fast.triton_kernels', 'fast.optimizers'}
+          'data_block', 'optimizers', 'checkpoint', 'progress', 'augmentation'}
+WINGS = {'fast.kernels', 'fast.batchnorm', 'fast.triton_kernels', 'fast.optimizers', 'image_folder', 'distributed', 'train', 'cli'}
+ADAPTER = {'course'}
 
 def test_found_modules():
-    assert LESSON | SPEED <= set(MODULES), sorted(LESSON | SPEED - set(MODULES))
+    "Every module is in the lesson wing, in a wing beyond the lesson, or the course adapter."
+    assert set(MODULES) == LESSON | WINGS | ADAPTER, sorted(set(MODULES) ^ (LESSON | WINGS | ADAPTER))
 
 def _dl2_imports(name):
     "`(module, names)` for each `from dl2.X import ...` / `from .X import ...` line of `dl2/<name>.py`."
@@ -24,11 +26,12 @@ def test_no_private_names_across_modules(name):
     private = [(m, n) for m, names in _dl2_imports(name) for n in names if n.startswith('_') and m != name]
     assert not private, f'dl2.{name} imports private names {private}'
 
-@pytest.mark.parametrize('name', sorted(LESSON - {'train', 'imports', 'course'}))
-def test_lesson_modules_reach_the_speed_wing_through_one_name(name):
-    "A lesson module hands its hot loop to the speed wing in one named call, and imports nothing else from it."
-    speed = [(m, names) for m, names in _dl2_imports(name) if m in SPEED]
-    assert all(len(names) == 1 and names != ['*'] for _, names in speed), speed
+def test_the_lesson_wing_loads_no_other_wing():
+    "Importing every lesson module (and the course adapter, which gives the lesson's classes) loads no speed-wing, image-folder, distributed or CLI module."
+    code = (f"import sys\nfor m in {sorted(LESSON | ADAPTER)}: __import__('dl2.' + m)\n"
+            f"print(sorted(m for m in sys.modules if m.removeprefix('dl2.') in {sorted(WINGS)} or m == 'dl2.fast'))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == '[]', r.stdout
 
 # Each module is imported in a process of its own, so that one module's import can't hide another's missing import. Where
 # processes fork (Linux), one process imports torch, which every fresh interpreter importing dl2 would import too, and forks a

@@ -24,6 +24,7 @@ def _row_moments(x3, n):
     mean = x3.sum(2).sum(0) / n
     return mean, torch.linalg.vector_norm(x3, dim=2).square_().sum(0).div_(n).sub_(mean * mean)
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #ca4429a3
 def _batch_stats(x, dtype):
     "Per-channel mean and biased variance of `x` (N,C,...), computed in `dtype`."
     x = x.to(dtype)
@@ -37,6 +38,7 @@ def _batch_stats(x, dtype):
         if bool((var >= 0.01 * mean * mean).all()): return mean, var
     return torch.ops.aten.batch_norm_update_stats(x, None, None, 0.)
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #784c76c1
 def _updated_stats(means, vars, batch_mean, batch_var, w2, min_var, eps):
     "The running statistics moved by `w2` towards the batch's: `means - batch_mean`, new means, new variances, and those floored plus eps."
     diff = means - batch_mean
@@ -44,12 +46,14 @@ def _updated_stats(means, vars, batch_mean, batch_var, w2, min_var, eps):
     raw_vars = torch.lerp(vars, batch_var, w2).addcmul_(diff, diff, value=(1-w2)*w2)
     return diff, new_means, raw_vars, raw_vars.clamp_min(min_var).add_(eps)
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #4944118a
 def _stat_grads(gm, ga, mults, invstd, diff, unclamped, w2, n):
     "Per-channel `B` and `K` of the input gradient's part through the `n`-value batch statistics, `B*(x - batch mean) + K`."
     d_var = -0.5 * gm * mults * invstd * invstd * unclamped
     d_bmean = -w2 * ga * mults * invstd - 2*(1-w2)*w2*diff*d_var
     return 2 * w2 * d_var / n, d_bmean / n
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #639a6a2a
 class _RunningBNFunction(torch.autograd.Function):
     "Normalise `x` with running statistics updated by this batch; gradients flow through this batch's share `w2`."
     @staticmethod
@@ -77,9 +81,6 @@ class _RunningBNFunction(torch.autograd.Function):
         gx.add_(_per_channel((mults * invstd * ga).mul_(w1/n), x).to(gx.dtype))
         return gx, gm.div_(root_w2), ga, *[None]*5
 
-
-
-
 # %% ../../nbs/07c_batchnorm_kernels.ipynb #2441f025
 def running_bn_kernel():
     "dl2's C++ training step of `RunningBatchNorm` for float32 CPU inputs, built on first use; None where it cannot be."
@@ -97,6 +98,7 @@ def running_bn_torch(x, mults, adds, means, vars, eps, w2, min_var):
     with torch.no_grad(): means.copy_(new_means); vars.copy_(new_vars)
     return y
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #1a25b03a
 def running_bn_cpp(x, mults, adds, means, vars, eps, w2, min_var):
     "The same step by the C++ kernel of `running_bn_kernel()`."
     return running_bn_kernel().running_bn(x, mults, adds, means, vars, eps, w2, min_var)
@@ -106,6 +108,7 @@ def _triton_step(x, mults, adds, means, vars, eps, w2, min_var):
     from dl2.fast.triton_kernels import running_bn_triton   # imported on first use: Triton defines its kernels then
     return running_bn_triton(x, mults, adds, means, vars, eps, w2, min_var)
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #34ce9a97
 def _triton_fits(x, means, mults):
     "Whether the Triton kernels take input `x`: a float CUDA tensor in a plain layout, with float32 statistics."
     return (x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.numel() > 0
@@ -133,6 +136,7 @@ def _as_stored(v, dtype):
     if dtype == torch.float32: return struct.unpack('f', struct.pack('f', v))[0]   # 10x cheaper than a tensor
     return torch.tensor(v, dtype=dtype).item()
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #50bb2679
 class FastRunningBatchNorm(RunningBatchNorm):
     "`RunningBatchNorm` whose training step runs by the fastest route for its input (C++, Triton or fused PyTorch): same parameters, buffers and maths."
     route = None   # or 'cpp', 'triton', 'torch': always that route
@@ -159,6 +163,7 @@ def _compiled_step(self:FastRunningBatchNorm, x):
     self._host = None
     return RunningBatchNorm.forward(self, x)
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #9e88e4ee
 @patch
 @torch.compiler.disable   # kernels and counters on the host: run as they are, even inside a compiled model
 def _fast_step(self:FastRunningBatchNorm, x):
@@ -174,6 +179,7 @@ def _fast_step(self:FastRunningBatchNorm, x):
     self._host = [count, batch]
     return y
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #1688f393
 @patch
 def forward(self:FastRunningBatchNorm, x):
     if not self.training: return RunningBatchNorm.forward(self, x)
@@ -198,6 +204,7 @@ def _sums(x, means):
     n = torch.full((1,), x.numel() // x.shape[1], dtype=means.dtype, device=means.device)
     return torch.cat([d.sum(dims), d.square().sum(dims), n])
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #15d17d88
 def _apply(x, sums, mults, adds, means, vars, eps, w2, min_var, n):
     "Part 2: statistics from `sums` over `n` values per channel; running ones updated, the output, and the backward's table."
     C = x.shape[1]
@@ -208,12 +215,14 @@ def _apply(x, sums, mults, adds, means, vars, eps, w2, min_var, n):
     y = F.batch_norm(x, new_means, vars_eps, mults, adds, False, 0., 0.)
     return y, torch.stack([new_means, vars_eps, batch_mean, diff, (raw_vars >= min_var).to(means.dtype)])
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #2480e11a
 def _grad_sums(g, x, saved):
     "Part 3: per-channel sums of the output gradient `g` and of `g*(x - batch mean)`."
     dims = (0,) + tuple(range(2, x.ndim))
     g = g.to(saved.dtype)
     return torch.cat([g.sum(dims), (g * (x.to(saved.dtype) - _per_channel(saved[2], x))).sum(dims)])
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #0f153099
 def _grad_apply(g, x, mults, saved, local, total, w2, n, need_gx):
     "Part 4: gradients of `mults` and `adds` from this process's sums `local`, of the input (if `need_gx`) from every process's `total`."
     new_means, vars_eps, batch_mean, diff, unclamped = saved
@@ -232,6 +241,7 @@ def _check_count(sums, n):
         raise ValueError(f"RunningBatchNorm: synchronised statistics need batches of the same shape on every process; "
                          f"the processes' batches hold {sums[-1].item():.0f} values per channel in all, not {n}")
 
+# %% ../../nbs/07c_batchnorm_kernels.ipynb #212b2ce9
 class _SyncedStep(torch.autograd.Function):
     "The training step on every process's statistics: a route's four `parts`, their sums added up over the processes by `sync`."
     @staticmethod

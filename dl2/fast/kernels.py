@@ -35,6 +35,7 @@ def _cpp_extension():
         return ext
     finally: log.setLevel(level)
 
+# %% ../../nbs/07b_kernels.ipynb #b92ec2e4
 def _say(msg): print(f'dl2: {msg}', file=sys.stderr, flush=True)
 
 def _reason(e):
@@ -42,6 +43,7 @@ def _reason(e):
     lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.startswith('ninja: ')] or [type(e).__name__]
     return next((l for l in lines if 'error:' in l), lines[-1])[:300]
 
+# %% ../../nbs/07b_kernels.ipynb #e51d1a53
 def _source_copy(build, full, name, source):
     "`source` saved in the build's folder under the build's name `full`: what every checkout compiles, so that all share the build."
     path = build/f'{full}.cpp'
@@ -72,6 +74,7 @@ def _build(name, functions):
     if missing: raise ImportError(f'{CSRC}/{name}.cpp does not define {missing}')
     return mod
 
+# %% ../../nbs/07b_kernels.ipynb #80e433fc
 @functools.cache   # one build or load per process, and one warning
 def load_cpp(name, functions=()):
     "`dl2/fast/csrc/<name>.cpp` built (first use on this machine) or loaded as a Python module; None where it cannot be (with one warning) or with DL2_NO_CPP set."
@@ -93,6 +96,7 @@ def triton_available():
     except Exception: return False
     return True
 
+# %% ../../nbs/07b_kernels.ipynb #ee4027a0
 def _interpret_library():
     "Let interpreted kernels call Triton's own `@triton.jit` functions (`tl.sum`, ...), defined for the compiler when Triton was imported."
     from triton.runtime.jit import JITFunction
@@ -106,6 +110,7 @@ def _interpret_library():
     call.interprets = True
     JITFunction.__call__ = call
 
+# %% ../../nbs/07b_kernels.ipynb #06f39db7
 def use_triton_interpreter():
     "Run Triton kernels in Triton's interpreter, on CPU tensors, from now on in this process, even if Triton is already imported."
     os.environ['TRITON_INTERPRET'] = '1'

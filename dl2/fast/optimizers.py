@@ -19,6 +19,7 @@ def recipe(steppers, stats=()):
     "An update as a key: its `steppers` in the order they run, and the class and settings of each of its `stats`."
     return tuple(sorted(listify(steppers), key=lambda s: getattr(s, '_order', 0))), tuple(map(_stat_key, listify(stats)))
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #a4d94fa5
 _FUSED = {}   # recipe -> the function computing that update over a whole parameter group
 
 def fuses(steppers, stats=()):
@@ -28,6 +29,7 @@ def fuses(steppers, stats=()):
         return f
     return _register
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #6183d54b
 def fused_update(opt):
     "The fused update registered for the steppers and stats of the lesson optimizer `opt`, or None."
     if not isinstance(opt, Optimizer): raise TypeError(f"fused: {type(opt).__name__} is not one of dl2's lesson optimizers (dl2.optimizers.Optimizer)")
@@ -41,12 +43,14 @@ def _by_group(todo):
     for p, hyper in todo: groups.setdefault(id(hyper), (hyper, []))[1].append(p)
     return list(groups.values())
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #a84bed4a
 def _fits(ps):
     "Whether the tensors `ps` (with gradients) can go through multi-tensor operations together."
     p0 = ps[0]
     return p0.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) and all(
         p.device == p0.device and p.dtype == p0.dtype and p.grad.dtype == p0.dtype for p in ps)
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #de4ce15b
 def _describe(opt):
     "The steppers and stats of `opt` by name and settings, for a message."
     stats = [f"{type(s).__name__}({', '.join(f'{k}={v!r}' for k, v in getattr(s, '__dict__', {}).items())})" for s in getattr(opt, 'stats', [])]
@@ -75,6 +79,7 @@ class FusedOptimizer(GetAttr):
 
     def __repr__(self): return f"FusedOptimizer({type(self.opt).__name__}, update={getattr(self.update, '__name__', None)})"
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #fa7108fa
 def fused(opt_func, lamb_route=None):
     "`opt_func` with its optimizers wrapped in `FusedOptimizer`: `opt_func = fused(adam_opt(wd=1e-2))`."
     def fused_opt_func(params, **kwargs): return FusedOptimizer(opt_func(params, **kwargs), lamb_route)
@@ -87,6 +92,7 @@ def sgd_foreach(opt, ps, lr, wd, **kwargs):
     if wd: torch._foreach_mul_(ps, 1 - lr*wd)
     torch._foreach_add_(ps, [p.grad for p in ps], alpha=-lr)
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #ca343c14
 def _average_grads(opt, ps, mom):
     "What `AverageGrad()` (no dampening) does to the state of each of `ps`; the averages."
     states = opt.states_of(ps)
@@ -96,12 +102,14 @@ def _average_grads(opt, ps, mom):
     for s in states: s['mom_damp'] = 1.
     return avgs
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #847f0f01
 @fuses([momentum_step, weight_decay], AverageGrad())
 def momentum_foreach(opt, ps, lr, mom, wd, **kwargs):
     "`AverageGrad()`, then `momentum_step` and `weight_decay`, on the whole list `ps`."
     torch._foreach_add_(ps, _average_grads(opt, ps, mom), alpha=-lr)
     if wd: torch._foreach_mul_(ps, 1 - lr*wd)
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #05040631
 @fuses([l2_reg, momentum_step], AverageGrad())
 def momentum_l2_foreach(opt, ps, lr, mom, wd, **kwargs):
     "`l2_reg`, then `AverageGrad()` and `momentum_step`, on the whole list `ps` (`torch.optim.SGD` with momentum)."
@@ -125,6 +133,7 @@ def _kernel_takes(ps, states):
     return ps[0].device.type in ('cpu', 'cuda') and all(
         plain_layout(p) and p.grad.stride() == p.stride() == s['grad_avg'].stride() == s['sqr_avg'].stride() for p, s in zip(ps, states))
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #10190085
 def _advance(states, mom, sqr_mom):
     "What Adam's three stats do to `states`, apart from the averages (the kernels update those): count, dampening."
     for s in states: s['step'], s['mom_damp'], s['sqr_damp'] = s['step'] + 1, 1 - mom, 1 - sqr_mom
@@ -135,6 +144,7 @@ def _fused_adamw_(opt, ps, states, lr, mom, sqr_mom, wd, eps, out=None):
                         _step_tensors(opt, ps, states), lr=lr, beta1=mom, beta2=sqr_mom, weight_decay=wd, eps=eps,
                         amsgrad=False, maximize=False)
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #8cfa8dda
 @fuses([weight_decay, adam_step], adam_stats())
 def adamw_fused(opt, ps, lr, mom, sqr_mom, eps, wd, **kwargs):
     "`weight_decay` then `adam_step`, with Adam's stats, by PyTorch's fused AdamW kernel; False where it cannot take `ps`."
@@ -150,17 +160,20 @@ def lamb_kernel():
     "dl2's C++ LAMB step for float32 CPU tensors, built on first use; None where it cannot be built."
     return load_cpp('lamb', ('lamb_',))
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #dc0b1e02
 def _trust_ratio(ps, upd):
     "Per tensor, `||p|| / ||upd||` capped at `_MAX_TRUST`, or 1 where either norm is 0: a 1-d tensor."
     r1, r2 = torch.stack(torch._foreach_norm(ps)), torch.stack(torch._foreach_norm(upd))
     return torch.where((r1 > 0) & (r2 > 0), r1 / r2, 1.).clamp(max=_MAX_TRUST)
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #a4047454
 def _copy_of(opt, p):
     "A buffer, kept between steps, to hold a copy of `p` (allocating one per step made resnet18's step 1.6x slower)."
     c = opt._copies.get(p)
     if c is None or c.shape != p.shape or c.dtype != p.dtype or c.device != p.device: c = opt._copies[p] = torch.empty_like(p)
     return c
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #968f2bac
 def _lamb_adamw_copy(opt, ps, states, lr, mom, sqr_mom, eps, wd):
     "The LAMB step from PyTorch's fused AdamW kernel, run on a copy of the weights, and `_foreach_` operations."
     neg_upd = [_copy_of(opt, p) for p in ps]
@@ -176,6 +189,7 @@ def _lamb_cpp(opt, ps, states, lr, mom, sqr_mom, eps, wd):
     lamb_kernel().lamb_(ps, [p.grad for p in ps], [s['grad_avg'] for s in states], [s['sqr_avg'] for s in states],
                         [s['step'] for s in states], lr, mom, sqr_mom, eps, wd, _MAX_TRUST)
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #54a0f762
 def _lamb_triton(opt, ps, states, lr, mom, sqr_mom, eps, wd):
     "The LAMB step by dl2's Triton kernels (`07d_triton_kernels`), the step counts read on the device."
     from dl2.fast.triton_kernels import lamb_triton_   # imported on first use: Triton defines its kernels then
@@ -184,12 +198,14 @@ def _lamb_triton(opt, ps, states, lr, mom, sqr_mom, eps, wd):
 
 LAMB_ROUTES = {'cpp': _lamb_cpp, 'triton': _lamb_triton, 'adamw_copy': _lamb_adamw_copy}
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #06cdd089
 def lamb_route(ps):
     "The fastest LAMB route for `ps`, a group the fused kernels take: 'cpp' or 'triton' for float32 where they run, else 'adamw_copy'."
     if ps[0].dtype == torch.float32 and ps[0].device.type == 'cpu' and lamb_kernel() is not None: return 'cpp'
     if ps[0].dtype == torch.float32 and ps[0].is_cuda and triton_available(): return 'triton'
     return 'adamw_copy'
 
+# %% ../../nbs/09a_fused_optimizers.ipynb #de863a85
 @fuses(lamb_step, adam_stats())
 def lamb_fused(opt, ps, lr, mom, sqr_mom, eps, wd, **kwargs):
     "`lamb_step` with Adam's stats, by the route `opt.lamb_route` names or the fastest; False where the kernels cannot take `ps`."

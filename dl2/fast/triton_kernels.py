@@ -43,6 +43,7 @@ def _as_3d(x):
     if x.is_contiguous() and L > 1: return (N, C, L), (C * L, L, 1)
     return (1, C, N * L), (0, 1, C)   # channels-last, or no positions: all positions of all samples as one long row
 
+# %% ../../nbs/07d_triton_kernels.ipynb #1978b60f
 def _tile(C, L, sL):
     "Block sizes (positions, channels) of a tile of at most `_TILE` elements, longest along the contiguous dimension."
     if sL == 1:
@@ -79,6 +80,7 @@ def _channel_sums_kernel(a_ptr, b_ptr, k_ptr, sK, out_ptr, N, C, L, sN, sC, sL, 
     tl.store(out_ptr + split * C + c, tl.sum(s1, 0), mask=cmask)
     tl.store(out_ptr + (n_split + split) * C + c, tl.sum(s2, 0), mask=cmask)
 
+# %% ../../nbs/07d_triton_kernels.ipynb #8335b8bf
 @triton.jit
 def _merge_sums(part_ptr, c, cmask, C, n_split, BS: tl.constexpr):
     "Channels `c`'s totals of the two sums `_channel_sums_kernel` wrote for each of its `n_split` splits."
@@ -119,6 +121,7 @@ def _forward_stats_kernel(part_ptr, k_ptr, sK, mults_ptr, adds_ptr, means_ptr, v
     tl.store(saved_ptr + _DIFF * C + c, diff, mask=cmask)
     tl.store(saved_ptr + _UNCLAMPED * C + c, (raw_var >= min_var).to(tl.float32), mask=cmask)
 
+# %% ../../nbs/07d_triton_kernels.ipynb #b50b24cb
 @triton.jit
 def _backward_stats_kernel(part_ptr, total_ptr, saved_ptr, mults_ptr, gmults_ptr, gadds_ptr, coef_ptr, C, n_split, count, w2,
                            BS: tl.constexpr, BC: tl.constexpr, SYNCED: tl.constexpr):
@@ -181,6 +184,7 @@ def _channel_sums(a, b, k, forward):
                                           *strides, n_split, BL=bl, BC=bc, FORWARD=forward)
     return part
 
+# %% ../../nbs/07d_triton_kernels.ipynb #88d71080
 def _channel_affine(u, w, coef):
     "`(u - coef[1])*coef[0] + coef[2]` per channel, plus `(w - coef[4])*coef[3]` when `w` is given, laid out like `u`."
     (N, C, L), strides = _as_3d(u)
@@ -200,6 +204,7 @@ def _normalize(x, part, k, sK, mults, adds, means, vars, eps, w2, min_var, n):
     for t in (means, vars): torch.autograd.graph.increment_version(t)   # written by a kernel: tell autograd
     return _channel_affine(x, None, saved), saved
 
+# %% ../../nbs/07d_triton_kernels.ipynb #5fb5696f
 def _like(g, x):
     "The gradient `g` in the layout of `x`, as the kernels read them side by side."
     return g.contiguous(memory_format=torch.contiguous_format if x.is_contiguous() else torch.channels_last)
@@ -213,6 +218,7 @@ def _gradients(g, x, mults, saved, part, total, w2, n, need_gx):
                                                    C, part.numel() // (2 * C), n, w2, BS=_BS, BC=_BC, SYNCED=total is not None)
     return (_channel_affine(g, x, coef) if need_gx else None), gmults, gadds
 
+# %% ../../nbs/07d_triton_kernels.ipynb #3983a81a
 class _RunningBNTriton(torch.autograd.Function):
     "The step of `running_bn_torch` in Triton kernels: returns the output, updates `means` and `vars` in place."
     @staticmethod
@@ -248,6 +254,7 @@ def _check_bn_inputs(x, eps, vectors):
     if isinstance(eps, torch.Tensor) and (eps.numel() != 1 or eps.device != x.device):
         raise ValueError(f"running_bn_triton: eps must be a number or a one-value tensor on {x.device}, got {tuple(eps.shape)} on {eps.device}")
 
+# %% ../../nbs/07d_triton_kernels.ipynb #a64de750
 def _eps_tensor(eps, x):
     "`eps` as a one-value float32 tensor on `x`'s device: a number becomes one by a fill there, not by a copy the host would wait for."
     return eps.reshape(1).float() if isinstance(eps, torch.Tensor) else torch.full((1,), eps, device=x.device, dtype=torch.float32)
@@ -267,11 +274,13 @@ def _sync_sums(x, means):
     sums[2 * C] = x.numel() // C   # a fill on the device
     return sums
 
+# %% ../../nbs/07d_triton_kernels.ipynb #4b685c69
 def _sync_apply(x, sums, mults, adds, means, vars, eps, w2, min_var, n):
     "Part 2: from every process's `sums` around the running means, `n` values per channel: statistics updated, the output, the table."
     _check_bn_inputs(x, eps, dict(mults=mults, adds=adds, means=means, vars=vars))
     return _normalize(x, sums, means, 1, mults, adds, means, vars, _eps_tensor(eps, x), float(w2), float(min_var), n)
 
+# %% ../../nbs/07d_triton_kernels.ipynb #f0b5119a
 def _sync_grad_sums(g, x, saved):
     "Part 3: per-channel sums of the output gradient `g` and of `g*(x - batch mean)`."
     return _channel_sums(_like(g, x), x, saved[_BATCH_MEAN.value], forward=False).sum(1).flatten()
@@ -297,17 +306,20 @@ def _lamb_chunk(numels, steps_ptr, chunk_tensor, first_chunk, ln_mom, ln_sqr_mom
     ic2 = (1. / (1. - tl.exp(step * ln_sqr_mom))).to(tl.float32)
     return t, start + tl.arange(0, BLOCK), start + BLOCK <= numel, numel, ic1, ic2
 
+# %% ../../nbs/07d_triton_kernels.ipynb #e7734ec0
 @triton.jit
 def _pointer(ptrs, i, t, n_tensors, ALIGNED: tl.constexpr):
     "Tensor `t`'s float32 pointer in row `i` (weights, gradients, averages, squared averages) of the address table."
     ptr = tl.load(ptrs + i * n_tensors + t).to(tl.pointer_type(tl.float32))
     return tl.multiple_of(ptr, 16) if ALIGNED else ptr
 
+# %% ../../nbs/07d_triton_kernels.ipynb #4d419b40
 @triton.jit
 def _lamb_direction(m, v, p, ic1, ic2, eps, wd):
     "LAMB's direction: the debiased Adam step plus weight decay."
     return m * ic1 / (tl.sqrt(v * ic2) + eps) + wd * p
 
+# %% ../../nbs/07d_triton_kernels.ipynb #c097688d
 @triton.jit
 def _lamb_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, mom, sqr_mom, ic1, ic2, eps, wd):
     "Update the averages at `offs`; return the sums there of the squared weights and of the squared direction."
@@ -320,6 +332,7 @@ def _lamb_update(p_ptr, g_ptr, m_ptr, v_ptr, offs, mask, mom, sqr_mom, ic1, ic2,
     d = tl.where(mask, _lamb_direction(m, v, p, ic1, ic2, eps, wd), 0.)
     return tl.sum(p * p, 0), tl.sum(d * d, 0)
 
+# %% ../../nbs/07d_triton_kernels.ipynb #036a4ae0
 @triton.jit
 def _lamb_update_kernel(ptrs, numels, steps_ptr, chunk_tensor, first_chunk, part_ptr, n_tensors, n_chunks,
                         mom, sqr_mom, ln_mom, ln_sqr_mom, eps, wd, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
@@ -333,6 +346,7 @@ def _lamb_update_kernel(ptrs, numels, steps_ptr, chunk_tensor, first_chunk, part
     tl.store(part_ptr + pid, pp)
     tl.store(part_ptr + n_chunks + pid, dd)
 
+# %% ../../nbs/07d_triton_kernels.ipynb #a4365286
 @triton.jit
 def _lamb_scale_kernel(part_ptr, first_chunk, scale_ptr, n_chunks, lr, max_trust, BLOCK: tl.constexpr):
     "Per tensor: `lr` times the trust ratio `||p|| / ||direction||`, at most `max_trust`, 1 where either norm is 0."
@@ -349,6 +363,7 @@ def _lamb_scale_kernel(part_ptr, first_chunk, scale_ptr, n_chunks, lr, max_trust
     ratio = tl.where((pn > 0) & (dn > 0), pn / tl.where(dn > 0, dn, 1.), 1.)
     tl.store(scale_ptr + t, lr * tl.minimum(ratio, max_trust))
 
+# %% ../../nbs/07d_triton_kernels.ipynb #0fbdb017
 @triton.jit
 def _lamb_apply(p_ptr, m_ptr, v_ptr, offs, mask, scale, ic1, ic2, eps, wd):
     "Move the weights at `offs` by `scale` times the direction, recomputed from the new averages."
@@ -356,6 +371,7 @@ def _lamb_apply(p_ptr, m_ptr, v_ptr, offs, mask, scale, ic1, ic2, eps, wd):
     d = _lamb_direction(tl.load(m_ptr + offs, mask=mask), tl.load(v_ptr + offs, mask=mask), p, ic1, ic2, eps, wd)
     tl.store(p_ptr + offs, p - scale * d, mask=mask)
 
+# %% ../../nbs/07d_triton_kernels.ipynb #f88bea29
 @triton.jit
 def _lamb_apply_kernel(ptrs, numels, steps_ptr, chunk_tensor, first_chunk, scale_ptr, n_tensors,
                        ln_mom, ln_sqr_mom, eps, wd, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
@@ -372,6 +388,7 @@ def _to_device(values, dtype, device):
     t = torch.tensor(values, dtype=dtype)
     return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t
 
+# %% ../../nbs/07d_triton_kernels.ipynb #489860cc
 @functools.lru_cache(maxsize=64)
 def _chunk_tables(numels, device):
     "For tensors of `numels` elements, on `device`: each chunk's tensor, each tensor's first chunk (then the total), the sizes."
@@ -381,6 +398,7 @@ def _chunk_tables(numels, device):
     chunk_tensor = [t for t, c in enumerate(counts) for _ in range(c)]
     return tuple(_to_device(v, d, device) for v, d in [(chunk_tensor, torch.int32), (first, torch.int32), (numels, torch.int64)])
 
+# %% ../../nbs/07d_triton_kernels.ipynb #1ccfba45
 @functools.lru_cache(maxsize=16)
 def _address_table(addresses, device):
     "`addresses` (of the weights, then gradients, averages and squared averages) as a (4, n) int64 tensor on `device`."
@@ -403,6 +421,7 @@ def _check_lamb_inputs(ps, grads, grad_avgs, sqr_avgs, steps):
             raise ValueError(f"lamb_triton_: tensor {i} (shape {tuple(p.shape)}): its weights, gradient and averages must be "
                              f"float32 tensors on {ps[0].device}, contiguous (or channels-last) and laid out alike")
 
+# %% ../../nbs/07d_triton_kernels.ipynb #750bfec5
 def lamb_triton_(ps, grads, grad_avgs, sqr_avgs, steps, lr, mom, sqr_mom, eps, wd, max_trust=10.):
     "One LAMB step of the float32 tensors `ps` and their averages, in place; `steps`: each one's step count, this step included, on the device."
     _check_lamb_inputs(ps, grads, grad_avgs, sqr_avgs, steps)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run_notebooks import ROOT, EVAL_FALSE, code_hash
 
 NB_BUDGET, TOTAL_BUDGET = 2_000_000, 20_000_000   # bytes: each notebook, all of them
-DRAWS = re.compile(r'\bplt\.|\.plot\w*\(|\bplot_\w+\(|\bshow_(image|batch)\(|\bimshow\(|\.hist\(')
+DRAWS = re.compile(r'\bplt\.|\.plot\w*\(|\bplot_\w+\(|\bshow_\w+\(|\bimshow\(|\.hist\(')
 QUIET_CALLS = re.compile(r'^(test\w*|print|display|plt\.\w+|\w+\.(fit|fit_one_cycle|backward|step|zero_grad|save|load|append|extend|update|write_text|unlink|mkdir|touch)\b)')
 
 def _source(cell): return cell['source'] if isinstance(cell['source'], str) else ''.join(cell['source'])
