@@ -50,7 +50,7 @@ def test_wheel_has_the_package_and_its_data(dists):
     repo_csrc = {p.relative_to(ROOT).as_posix() for p in (ROOT/'dl2').glob('fast/csrc/*') if p.suffix in ('.cpp', '.h')}
     assert repo_csrc and modules() | set(PROBES) | repo_csrc <= names
     assert any(n.endswith('.dist-info/licenses/LICENSE') for n in names)
-    assert 'dl2_train = dl2.train:main' in entry_points
+    assert 'dl2_train = dl2.cli:dl2_train' in entry_points
 
 def test_wheel_metadata_comes_from_settings(dists):
     with zipfile.ZipFile(dists[1]) as z:
