@@ -59,6 +59,7 @@ def _shrink(img, box, size, gap):
     k = int(f / s)
     return (img.reduce(k) if k > 1 else img), s * max(k, 1)
 
+# %% ../nbs/10_augmentation.ipynb #fa361dfc
 class GeneralCrop(PilTransform):
     "Resample the box `get_corners` picks (here the whole image) to `size` in one step; subclasses pick other boxes."
     _order = ItemOrder.CROP
@@ -110,11 +111,13 @@ def _homographies(src, dst):
                    torch.stack([z, z, z, x, y, o, -v * x, -v * y], -1)], 1)
     return torch.linalg.solve(A, torch.cat([u, v], 1))
 
+# %% ../nbs/10_augmentation.ipynb #5dbd9ea2
 def find_coeffs(orig_pts, targ_pts):
     "PIL's PERSPECTIVE data: the 8 coefficients mapping the 4 output points `targ_pts` to the input points `orig_pts`."
     pts = torch.tensor([[orig_pts], [targ_pts]], dtype=torch.float64)
     return _homographies(pts[0], pts[1])[0].tolist()
 
+# %% ../nbs/10_augmentation.ipynb #89c8a430
 def warp(img, size, src_coords, resample=PIL.Image.Resampling.BILINEAR):
     "The quadrilateral `src_coords` (top-left, bottom-left, bottom-right, top-right) of `img` mapped onto a PIL `size` (w, h) rectangle."
     w, h = size
@@ -175,18 +178,21 @@ def rotate_mats(degrees, aspect=1.):
     m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = a.cos(), -a.sin() / aspect, a.sin() * aspect, a.cos()
     return m
 
+# %% ../nbs/10_augmentation.ipynb #01f8c363
 def zoom_mats(scale):
     "Matrices (n, 3, 3) magnifying the centre of images by `scale` (n,)."
     m = _eyes(scale)
     m[:, 0, 0] = m[:, 1, 1] = 1 / scale
     return m
 
+# %% ../nbs/10_augmentation.ipynb #616bb4ee
 def flip_mats(flip):
     "Matrices (n, 3, 3) mirroring images left to right where `flip` (n,) is true."
     m = _eyes(flip.float())
     m[:, 0, 0] = 1 - 2 * flip.float()
     return m
 
+# %% ../nbs/10_augmentation.ipynb #80929a6c
 def translate_mats(tx, ty):
     "Matrices (n, 3, 3) moving the view by `tx`, `ty` (n,), in units of half the width and height."
     m = _eyes(tx)
@@ -201,6 +207,7 @@ def _check_batch(x, name):
     if not x.is_floating_point():
         raise TypeError(f'{name}: expected float images, got {x.dtype}: convert them first, e.g. with x.float() / 255')
 
+# %% ../nbs/10_augmentation.ipynb #2ece3d12
 def _grid_sample(x, grid, mode, padding_mode):
     return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
 
@@ -240,6 +247,7 @@ def tilt_mats(ud, lr):
     c = _homographies(src, (_SQUARE.double() * 2 - 1).expand_as(src))
     return torch.cat([c, torch.ones_like(c[:, :1])], 1).view(-1, 3, 3).to(ud)
 
+# %% ../nbs/10_augmentation.ipynb #2743d34d
 def homography_grid(mats, size):
     "The sampling grid (N, H, W, 2) of the homographies `mats` (N, 3, 3) from output to input coordinates, for a batch of `size`."
     h, w = size[-2:]
@@ -248,11 +256,13 @@ def homography_grid(mats, size):
     p = torch.einsum('hwk,njk->nhwj', xy1, mats)
     return p[..., :2] / p[..., 2:]
 
+# %% ../nbs/10_augmentation.ipynb #0f666ab3
 def warp_batch(x, mats, mode='bilinear', padding_mode='reflection'):
     "The float batch `x` (N, C, H, W) resampled through one homography per image (N, 3, 3), mapping output to input coordinates."
     _check_batch(x, 'warp_batch')
     return _grid_sample(x, homography_grid(mats.to(x.device, torch.float32), x.shape), mode, padding_mode)
 
+# %% ../nbs/10_augmentation.ipynb #aeb3a835
 class RandomWarp(RandomAffine):
     "`RandomAffine`'s transformations and a random tilt (up to `magnitude` < 1/4 of the size), as one homography per image."
     def __init__(self, magnitude=0.1, degrees=10., max_zoom=1.1, p_flip=0.5, translate=0.1, mode='bilinear', padding_mode='reflection', generator=None):
@@ -286,6 +296,7 @@ def flip_shift(x, flip=True, pad=2):
     out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]   # (N,H,W,C)
     return out.permute(0, 3, 1, 2).contiguous()
 
+# %% ../nbs/10_augmentation.ipynb #d11fe38b
 class FlipShift():
     "`flip_shift` as a batch transform for uint8 images, run before they are normalised."
     _order = BatchOrder.BYTES

@@ -67,6 +67,7 @@ class LayerNorm(nn.Module):
         v, m = torch.var_mean(x, tuple(range(1, x.ndim)), correction=0, keepdim=True)
         return (x - m) / (v + self.eps).sqrt() * self.mult + self.add
 
+# %% ../nbs/07_batchnorm.ipynb #b49a3937
 class InstanceNorm(nn.Module):
     "Instance norm from scratch: each channel of each sample normalised over its positions."
     def __init__(self, nf, eps=1e-5):

@@ -29,6 +29,7 @@ def plain(o):
     if hasattr(o, 'item'): return o.item()   # numpy scalars
     raise TypeError(f"cannot store a {type(o).__name__} in a checkpoint: use numbers, strings, lists and dicts")
 
+# %% ../nbs/09b_learner.ipynb #52e155f3
 @contextmanager
 def signals_deferred(sigs=(signal.SIGINT, signal.SIGTERM)):
     "Within the block, Ctrl-C and SIGTERM wait: they take effect when it ends (main thread only; elsewhere nothing changes)."
@@ -40,6 +41,7 @@ def signals_deferred(sigs=(signal.SIGINT, signal.SIGTERM)):
         for s, h in (old or {}).items(): signal.signal(s, h)
         for s in caught: signal.raise_signal(s)
 
+# %% ../nbs/09b_learner.ipynb #e03a23e2
 def _digest(o, h):
     "Feed `o` (tensors, numbers, strings, lists and dicts) into the hash `h`, tensors by their bytes."
     if isinstance(o, torch.Tensor):
@@ -51,11 +53,13 @@ def _digest(o, h):
         h.update(b'['); [_digest(v, h) for v in o]; h.update(b']')
     else: h.update(repr(o).encode())
 
+# %% ../nbs/09b_learner.ipynb #9cd00fed
 def checksum(obj):
     "A SHA-256 hex digest of what a checkpoint holds, so damage to the file on disk is noticed when it is loaded."
     h = hashlib.sha256(); _digest(obj, h)
     return h.hexdigest()
 
+# %% ../nbs/09b_learner.ipynb #ab6c1421
 def interrupt(signum, frame):
     "A signal handler raising `KeyboardInterrupt`, as Ctrl-C does, named after the signal."
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -69,6 +73,7 @@ def sigterm_interrupts():
     finally:
         if old is not None: signal.signal(signal.SIGTERM, old)
 
+# %% ../nbs/09b_learner.ipynb #66f32511
 def save_checkpoint(obj, path):
     "`torch.save(obj)` to `path` (through a link, to its target) atomically, finishing even if Ctrl-C comes; a failed write is an `OSError` naming `path`."
     path = Path(os.path.realpath(path))   # a checkpoint.pth that links elsewhere stays a link
@@ -78,6 +83,7 @@ def save_checkpoint(obj, path):
         raise OSError(f"could not write the checkpoint {path} ({type(e).__name__}: {e}); is the disk full?") from None
     return path
 
+# %% ../nbs/09b_learner.ipynb #ed0e975c
 def load_checkpoint(path):
     "The dict saved by `Learner.save` at `path`, loaded without running any code; a clear error for anything else."
     path = Path(path)
@@ -92,6 +98,7 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is damaged: what it holds no longer matches the checksum saved with it")
     return ckpt
 
+# %% ../nbs/09b_learner.ipynb #8d5c8a41
 def _logs(learn):
     "Per-epoch metrics and recorded training losses/learning rates of `learn`, when it has those callbacks."
     logs = {}
@@ -110,6 +117,7 @@ def _model_mismatch(model, state):
     parts = [f'missing {missing[:3]}' if missing else '', f'unexpected {extra[:3]}' if extra else '', f'shapes differ: {shapes[:3]}' if shapes else '']
     return '; '.join(o for o in parts if o) or None
 
+# %% ../nbs/09b_learner.ipynb #f8e5cb5c
 @patch
 def save(self:Learner, path, epoch, **extra):
     "Checkpoint to `path`: model, optimizer state, `epoch` completed epochs, metrics so far, and `extra` (plain values)."
@@ -117,6 +125,7 @@ def save(self:Learner, path, epoch, **extra):
     ckpt = plain(dict(format=CHECKPOINT_FORMAT, model=self.model.state_dict(), opt=opt_state, epoch=epoch, logs=_logs(self), extra=extra))
     return save_checkpoint({**ckpt, 'checksum': checksum(ckpt)}, path)
 
+# %% ../nbs/09b_learner.ipynb #1f4c74d5
 @patch
 def load_state(self:Learner, ckpt, with_opt=True, where='the checkpoint'):
     "Restore the model (and optimizer state) from `ckpt`, a dict `load_checkpoint` returned; `where` names it in errors."
@@ -128,6 +137,7 @@ def load_state(self:Learner, ckpt, with_opt=True, where='the checkpoint'):
     self.model.load_state_dict(ckpt['model'])
     return ckpt
 
+# %% ../nbs/09b_learner.ipynb #2aeccdf6
 @patch
 def load(self:Learner, path, with_opt=True):
     "Restore the model (and optimizer state) saved by `save` at `path`; returns the checkpoint dict."

@@ -42,6 +42,7 @@ def _scan(p, extensions, skipped):
             elif _get_files(p, [o.name], extensions): skipped.append(Path(p)/o.name)   # a pipe, socket, device or dead link
     return _get_files(p, files, extensions), sorted(d for d in dirs if not d.startswith('.'))
 
+# %% ../nbs/08_data_block.ipynb #135d933c
 def _walk(p, extensions, skipped, include=None, above=()):
     "The files of `_scan` in folder `p` and, depth first, below it (at the top only under `include`), never re-entering a folder `above`."
     st = os.stat(p)
@@ -92,6 +93,7 @@ def upright(img):
     if img.getexif().get(0x0112, 1) == 1: return img
     with img: return PIL.ImageOps.exif_transpose(img)   # a turned copy: the file is closed
 
+# %% ../nbs/08_data_block.ipynb #5eb893c9
 class ImageList(ItemList):
     "Image files, opened lazily and upright by `get`; a file that fails to open raises `BadImageError` naming it."
     @classmethod
@@ -114,6 +116,7 @@ def image_problem(fn):
         with PIL.Image.open(fn) as img: img.load()
     except _LOAD_ERRORS as e: return f'{type(e).__name__}: {e}'
 
+# %% ../nbs/08_data_block.ipynb #e0eeca74
 def _name(f): return getattr(f, '__name__', None) or repr(f)
 
 def _transform_error(fn, f, e):
@@ -122,6 +125,7 @@ def _transform_error(fn, f, e):
     if problem := image_problem(fn): return BadImageError(f'{fn}: cannot load image ({problem})')
     return RuntimeError(f'{fn}: transform {_name(f)} failed ({type(e).__name__}: {e})')
 
+# %% ../nbs/08_data_block.ipynb #6af37cf2
 @patch
 def _get(self:ImageList, fn):
     "Image file `fn` through the transforms in `_order`; the file is closed once they have made something new of it."
@@ -144,12 +148,14 @@ class ItemOrder:
     BYTES = 20     # to_byte_tensor: a PIL image becomes a uint8 tensor
     FLOAT = 30     # to_float_tensor, np_to_float: floats in [0, 1]
 
+# %% ../nbs/08_data_block.ipynb #413dfea6
 class BatchOrder:
     "When each batch transform of a loader runs (its `_order`): on uint8 images, turning them into floats, on floats."
     BYTES = 5      # FlipShift (10_augmentation)
     TO_FLOAT = 10  # uint8 images to normalised floats (08a_image_folder)
     FLOAT = 20     # RandomAffine, RandomWarp (10_augmentation)
 
+# %% ../nbs/08_data_block.ipynb #8a1f5405
 class Transform():
     "Base class for item transforms: callables applied in increasing `_order`."
     _order = ItemOrder.MODE
@@ -163,6 +169,7 @@ def _int_bits(a):
     "Bits of the integer image array `a` of PIL mode I (32 bits): 16 if its values fit (older PIL reads 16-bit PNGs so), else 31."
     return 16 if a.max(initial=0) < 2**16 else 31
 
+# %% ../nbs/08_data_block.ipynb #3db3c49b
 def _to_8bit(img):
     "`img` with 16- and 32-bit integer modes scaled (not clipped) to 8 bits; float images scaled from [0, 1] if they are in it, else clipped."
     if img.mode == 'F':   # PIL's own conversion clips, so a [0, 1] image would come out black
@@ -174,6 +181,7 @@ def _to_8bit(img):
     bits = 16 if img.mode.startswith('I;16') else _int_bits(a)
     return PIL.Image.fromarray((a >> (bits - 8)).clip(0, 255).astype(np.uint8))
 
+# %% ../nbs/08_data_block.ipynb #7b61d7e4
 def _to_mode(img, mode):
     "`img` converted to `mode` ('RGB' or 'L'), left undecoded if it is already in it."
     if img.mode == mode: return img
@@ -201,11 +209,13 @@ def split_by_func(items, f):
                               f'validation set, such as {dropped[0]}')
     return [o for o, m in zip(items, mask) if m is not None and not m], [o for o, m in zip(items, mask) if m is not None and m]
 
+# %% ../nbs/08_data_block.ipynb #d222e83f
 def grandparent_splitter(fn, valid_name='valid', train_name='train'):
     "True if `fn`'s grandparent folder is `valid_name`, False if `train_name`, else None."
     gp = Path(fn).parent.parent.name
     return True if gp == valid_name else False if gp == train_name else None
 
+# %% ../nbs/08_data_block.ipynb #357f8183
 def random_splitter(fn, p_valid=0.2, seed=42):
     "True for a fraction `p_valid` of files, chosen by hashing `seed` and `fn`'s folder and name: stable everywhere."
     key = f'{seed}/' + '/'.join(Path(fn).parts[-2:])
@@ -231,6 +241,7 @@ class Processor():
     def deprocess(self, items): return items
     def deproc1(self, item): return item
 
+# %% ../nbs/08_data_block.ipynb #b8c3453e
 class CategoryProcessor(Processor):
     "Labels to ints, with a sorted vocab learned on the first (training) call and reused after."
     def __init__(self): self.vocab = None
@@ -272,11 +283,13 @@ def obj(self:LabeledData, items, idx, procs):
     for proc in reversed(listify(procs)): item = proc.deproc1(item) if isint else proc.deprocess(item)
     return item
 
+# %% ../nbs/08_data_block.ipynb #f4a9cc1c
 @patch
 def x_obj(self:LabeledData, idx):
     "Input `idx` with the processing undone."
     return self.obj(self.x, idx, self.proc_x)
 
+# %% ../nbs/08_data_block.ipynb #28edbebf
 @patch
 def y_obj(self:LabeledData, idx):
     "Target `idx` with the processing undone, e.g. a class name."
@@ -337,6 +350,7 @@ def _first_batch(data, n):
     xb = data.norm.decode(xb[:n]) if getattr(data, 'norm', None) else xb[:n]
     return xb, [data.vocab[i] for i in yb[:n].tolist()]
 
+# %% ../nbs/08_data_block.ipynb #17162606
 def show_batch(x, c=4, r=None, figsize=None, n=16):
     "A grid, `c` wide and `r` high (as many rows as needed by default), of the images `x` (a batch tensor or a list); given a `DataBunch`, of the first `n` images of a training batch, titled with their classes."
     x, titles = _first_batch(x, n) if hasattr(x, 'train_dl') else (x, None)
@@ -354,6 +368,7 @@ def _stack_images(xs):
     except RuntimeError as e:
         raise ValueError(f'cannot batch images of sizes {sorted({tuple(o.shape) for o in xs})}: resize them to one size (ResizeFixed)') from e
 
+# %% ../nbs/08_data_block.ipynb #c06a9d3e
 class ImageCollate():
     "Stacks `(image, label)` pairs into a batch; uint8 images become floats in [0, 1], normalised by `norm` if given."
     def __init__(self, norm=None): self.norm = norm
@@ -384,6 +399,7 @@ def normalize_chan(x, mean, std):
     # one new tensor and two in-place passes: (x - mean) / std broadcast twice over a new tensor, 5x slower
     return x.mul((1 / std)[..., None, None]).sub_((mean / std)[..., None, None])
 
+# %% ../nbs/08_data_block.ipynb #57b98f2b
 class Normalize():
     "Per-channel normalisation by `mean` and `std` (of images scaled to [0, 1]), on the batch's device."
     def __init__(self, mean, std): self.mean, self.std = torch.as_tensor(mean).float(), torch.as_tensor(std).float()

@@ -8,7 +8,7 @@ __all__ = ['RANK0_ONLY', 'launched', 'rank', 'world_size', 'process_device', 'Gr
 # %% ../nbs/09d_distributed.ipynb #f5b084d3
 import contextlib, ctypes, datetime, inspect, math, multiprocessing.connection, os, pickle, signal, socket, sys, threading, warnings
 import torch
-from fastcore.basics import noop
+from fastcore.basics import noop, patch
 from torch import nn
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -315,32 +315,39 @@ class DistributedCallback(Callback):
                           "normalises with its own share of the batch (RunningBatchNorm is synchronised)")
         return model
 
-    def begin_epoch(self):
-        self.learn.model = self.ddp
-        self.data.train_dl.sampler.set_epoch(self.epoch)
-    def begin_validate(self): self.learn.model = self.bare
+# %% ../nbs/09d_distributed.ipynb #a9d0de11
+@patch
+def begin_epoch(self:DistributedCallback):
+    self.learn.model = self.ddp
+    self.data.train_dl.sampler.set_epoch(self.epoch)
+@patch
+def begin_validate(self:DistributedCallback): self.learn.model = self.bare
 
-    def after_step(self):
-        loss = self.loss.detach().clone()
-        dist.all_reduce(loss)
-        self.learn.loss = loss / self.world
+@patch
+def after_step(self:DistributedCallback):
+    loss = self.loss.detach().clone()
+    dist.all_reduce(loss)
+    self.learn.loss = loss / self.world
 
-    def after_epoch(self):
-        if not hasattr(self.learn, 'avg_stats'): return
-        stats = [self.avg_stats.train_stats, self.avg_stats.valid_stats]
-        totals = _sum_over_processes([v for s in stats for v in [s.tot_loss, *s.tot_mets, s.count]])
-        for s in stats:
-            k = 2 + len(s.tot_mets)
-            s.tot_loss, *s.tot_mets, s.count = totals[:k]
-            totals = totals[k:]
+# %% ../nbs/09d_distributed.ipynb #a9d0de12
+@patch
+def after_epoch(self:DistributedCallback):
+    if not hasattr(self.learn, 'avg_stats'): return
+    stats = [self.avg_stats.train_stats, self.avg_stats.valid_stats]
+    totals = _sum_over_processes([v for s in stats for v in [s.tot_loss, *s.tot_mets, s.count]])
+    for s in stats:
+        k = 2 + len(s.tot_mets)
+        s.tot_loss, *s.tot_mets, s.count = totals[:k]
+        totals = totals[k:]
 
-    def after_fit(self):
-        self.learn.model = self.bare
-        self.data.train_dl, self.data.valid_dl = self.loaders
-        for cb in self.aside: cb.paused = False
-        self.learn.logger = self.logger_before
-        if sys.stdout is not self.stdout_before: sys.stdout.close(); sys.stdout = self.stdout_before
-        sync_running_bn(self.bare, False)
+@patch
+def after_fit(self:DistributedCallback):
+    self.learn.model = self.bare
+    self.data.train_dl, self.data.valid_dl = self.loaders
+    for cb in self.aside: cb.paused = False
+    self.learn.logger = self.logger_before
+    if sys.stdout is not self.stdout_before: sys.stdout.close(); sys.stdout = self.stdout_before
+    sync_running_bn(self.bare, False)
 
 # %% ../nbs/09d_distributed.ipynb #81d3f359
 def lost_peer(e):

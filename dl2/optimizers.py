@@ -82,6 +82,7 @@ def _check_hypers(groups):
             if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and lo <= v < hi):
                 raise ValueError(f"Optimizer: {k}={v!r} ({type(v).__name__}) in parameter group {i}; {k} must be a number in [{lo}, {hi})")
 
+# %% ../nbs/09_optimizers.ipynb #b8bb62ed
 def _hypers(pg):
     "The hyper-parameters of group `pg`: everything but its 'params'."
     return {k: v for k, v in pg.items() if k != 'params'}
@@ -131,6 +132,7 @@ class Stat():
     def init_state(self, p): raise NotImplementedError
     def update(self, p, state, **kwargs): raise NotImplementedError
 
+# %% ../nbs/09_optimizers.ipynb #220640a1
 class StatefulOptimizer(Optimizer):
     "An `Optimizer` whose `stats` keep per-parameter state (averages, step counts) for the steppers to read."
     def __init__(self, params, steppers, stats=None, **defaults):
@@ -164,11 +166,13 @@ class AverageGrad(Stat):
         state['grad_avg'].mul_(mom).add_(p.grad, alpha=state['mom_damp'])
         return state
 
+# %% ../nbs/09_optimizers.ipynb #b08a4aac
 def momentum_step(p, lr, grad_avg, **kwargs):
     "SGD with momentum: move `p` against its gradient average."
     p.add_(grad_avg, alpha=-lr)
     return p
 
+# %% ../nbs/09_optimizers.ipynb #6dce0bd8
 def sgd_mom_opt(params, wd_step=weight_decay, wd=0.01, **defaults):
     "SGD with momentum `mom` (as torch's `dampening=0`); weight decay `wd` by `wd_step`: `weight_decay` or `l2_reg`."
     return StatefulOptimizer(params, [momentum_step, wd_step], stats=AverageGrad(), wd=wd, **defaults)
@@ -184,6 +188,7 @@ class AverageSqrGrad(Stat):
         state['sqr_avg'].mul_(sqr_mom).addcmul_(p.grad, p.grad, value=state['sqr_damp'])
         return state
 
+# %% ../nbs/09_optimizers.ipynb #81824c43
 class StepCount(Stat):
     "The number of steps `step` the parameter has taken."
     def init_state(self, p): return {'step': 0}
@@ -191,6 +196,7 @@ class StepCount(Stat):
         state['step'] += 1
         return state
 
+# %% ../nbs/09_optimizers.ipynb #a0499fa3
 def debias(mom, damp, step):
     "The factor by which an average `avg = mom*avg + damp*x` of a constant `x` differs from `x` after `step` steps."
     return damp * (1 - mom**step) / (1 - mom)
