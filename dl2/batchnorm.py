@@ -212,7 +212,8 @@ def var_floor(self:RunningBatchNorm, batch):
 @patch
 def normalize(self:RunningBatchNorm, x, means, vars):
     "`x` normalised by per-channel `means` and `vars` (floored, plus eps), then scaled and shifted: `x*factor + offset`."
-    factor = self.mults / (vars.clamp_min(self.var_floor(self.batch)) + self.eps).sqrt()
+    floor = self.var_floor(self.batch).to(vars.dtype)   # as float32, 0.01 would floor float64 variances at 0.0099999998
+    factor = self.mults / (vars.clamp_min(floor) + self.eps).sqrt()
     offset = self.adds - means * factor
     shape = _channel_shape(x)
     return x * factor.view(shape).to(x.dtype) + offset.view(shape).to(x.dtype)
