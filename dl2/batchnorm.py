@@ -206,14 +206,15 @@ def update_stats(self:RunningBatchNorm, x):
 # %% ../nbs/07_batchnorm.ipynb #2d539487
 @patch
 def var_floor(self:RunningBatchNorm, batch):
-    "The floor under the variances after `batch` samples: 0.01 until 20, then 0. A tensor `batch` gives a tensor: nothing is read back from the device."
-    return 0.01 * (batch < 20)
+    "The floor under the variances after `batch` samples: 0.01 until 20, then 0. A tensor `batch` gives a tensor in the statistics'\
+ dtype (a float32 0.01 is 0.0099999998 in float64): nothing is read back from the device."
+    small = batch < 20
+    return small.to(self.vars.dtype) * 0.01 if torch.is_tensor(small) else 0.01 * small
 
 @patch
 def normalize(self:RunningBatchNorm, x, means, vars):
     "`x` normalised by per-channel `means` and `vars` (floored, plus eps), then scaled and shifted: `x*factor + offset`."
-    floor = self.var_floor(self.batch).to(vars.dtype)   # as float32, 0.01 would floor float64 variances at 0.0099999998
-    factor = self.mults / (vars.clamp_min(floor) + self.eps).sqrt()
+    factor = self.mults / (vars.clamp_min(self.var_floor(self.batch)) + self.eps).sqrt()
     offset = self.adds - means * factor
     shape = _channel_shape(x)
     return x * factor.view(shape).to(x.dtype) + offset.view(shape).to(x.dtype)
