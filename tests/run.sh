@@ -43,6 +43,8 @@ step "processing the notebooks for the docs, as nbdev_proc_nbs does"
 python -c 'from nbdev.serve import proc_nbs; proc_nbs()'
 step "running every notebook (nbdev_test)"
 nbdev_test --n_workers "$workers" --timing
+step "the stored outputs: every notebook run in full since its code last changed (tests/tools/check_outputs.py)"
+python tests/tools/check_outputs.py
 step "pytest"
 # --dist loadgroup: the tests sharing an expensive fixture (xdist_group) run on one worker, which makes it once
 python -m pytest -q -n "$workers" --dist loadgroup tests

@@ -32,6 +32,14 @@ def random_params(m):
     with torch.no_grad(): m.mults.uniform_(0.5, 2); m.adds.normal_()
     return m
 
+def float32_tolerance(ref, x):
+    "The relative error float32 allows in a step of `ref` on `x`: 1e-4, more for a channel whose values sit far from their mean\
+ compared with its spread (`x*factor + offset` then cancels: at mean 30 and spread 0.02, float32 keeps about 4 digits)."
+    dims = [d for d in range(x.ndim) if d != 1]
+    spread = (ref.vars.clamp_min(ref.var_floor(ref.batch)) + ref.eps).sqrt()
+    cond = (x.double().abs().amax(dims) / spread).max().item()
+    return max(1e-4, 16 * torch.finfo(torch.float32).eps * cond)
+
 def needs_kernel():
     if running_bn_kernel() is None: pytest.skip('no C++ compiler with OpenMP: the RunningBatchNorm kernel could not be built')
 
@@ -66,11 +74,13 @@ def test_fast_matches_lesson(bss, hw, nd, channels_last, mom, loc, seed, route):
         x, g = torch.randn(shape) * torch.tensor([0.02, 1, 3]).view(1, 3, *[1] * (nd - 2)) + loc, torch.randn(shape)
         if channels_last and nd == 4: x, g = x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last)
         for a, b in zip(_step(ours, x, g), _step(ref, x.double(), g.double())):
-            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * max(1., b.abs().max().item()))
+            tol = float32_tolerance(ref, x)
+            torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * max(1., b.abs().max().item()))
     for k in ('means', 'vars', 'count'): torch.testing.assert_close(getattr(ours, k).double(), getattr(ref, k), rtol=1e-4, atol=1e-4 * max(1, loc))
     assert ours.batch == ref.batch == sum(bss)
     ours.eval(); ref.eval()
-    torch.testing.assert_close(ours(x).double(), ref(x.double()), rtol=1e-4, atol=1e-4 * max(1, loc))
+    tol = float32_tolerance(ref, x)
+    torch.testing.assert_close(ours(x).double(), ref(x.double()), rtol=tol, atol=tol * max(1, loc))
 
 def test_backward_paths_agree():
     "The PyTorch route's fast backward (after 20 samples) and its general one (used while the clamp may apply) give the same gradients."
