@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from dl2.data_block import ImageList, make_rgb, to_byte_tensor
 from dl2.augmentation import *
 
-@pytest.mark.parametrize('method', ['fork', 'spawn'])
+@pytest.mark.parametrize('method', ['fork', pytest.param('spawn', marks=pytest.mark.slow)])   # spawn: each worker imports dl2
 def test_item_augmentation_in_workers(tmp_path, method):
     "PIL transforms survive pickling (spawn), and each worker draws its own crops: workers' random states are seeded apart."
     fn = tmp_path/'a.jpg'

@@ -1,5 +1,5 @@
 "Property and device tests of `RunningBatchNorm` (the lesson's code) and `FastRunningBatchNorm` (its fast routes) beyond the notebooks'."
-import contextlib, copy, subprocess, sys, warnings
+import contextlib, copy, sys, warnings
 import pytest, torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
@@ -32,13 +32,16 @@ def random_params(m):
     with torch.no_grad(): m.mults.uniform_(0.5, 2); m.adds.normal_()
     return m
 
+def float32_tolerance(ref, x):
+    "The relative error float32 allows in a step of `ref` on `x`: 1e-4, more for a channel whose values sit far from their mean\
+ compared with its spread (`x*factor + offset` then cancels: at mean 30 and spread 0.02, float32 keeps about 4 digits)."
+    dims = [d for d in range(x.ndim) if d != 1]
+    spread = (ref.vars.clamp_min(ref.var_floor(ref.batch)) + ref.eps).sqrt()
+    cond = (x.double().abs().amax(dims) / spread).max().item()
+    return max(1e-4, 16 * torch.finfo(torch.float32).eps * cond)
+
 def needs_kernel():
     if running_bn_kernel() is None: pytest.skip('no C++ compiler with OpenMP: the RunningBatchNorm kernel could not be built')
-
-def test_lesson_module_loads_no_speed_wing():
-    "The lesson's module runs on its own: importing it loads nothing of `dl2.fast`."
-    code = "import sys, dl2.batchnorm; print(sorted(m for m in sys.modules if m.startswith('dl2.fast')))"
-    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip() == '[]'
 
 @settings(max_examples=15, deadline=None)
 @given(bss=st.lists(st.integers(2, 9), min_size=1, max_size=20), hw=st.sampled_from([1, 2, 5]),
@@ -71,11 +74,13 @@ def test_fast_matches_lesson(bss, hw, nd, channels_last, mom, loc, seed, route):
         x, g = torch.randn(shape) * torch.tensor([0.02, 1, 3]).view(1, 3, *[1] * (nd - 2)) + loc, torch.randn(shape)
         if channels_last and nd == 4: x, g = x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last)
         for a, b in zip(_step(ours, x, g), _step(ref, x.double(), g.double())):
-            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * max(1., b.abs().max().item()))
+            tol = float32_tolerance(ref, x)
+            torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * max(1., b.abs().max().item()))
     for k in ('means', 'vars', 'count'): torch.testing.assert_close(getattr(ours, k).double(), getattr(ref, k), rtol=1e-4, atol=1e-4 * max(1, loc))
     assert ours.batch == ref.batch == sum(bss)
     ours.eval(); ref.eval()
-    torch.testing.assert_close(ours(x).double(), ref(x.double()), rtol=1e-4, atol=1e-4 * max(1, loc))
+    tol = float32_tolerance(ref, x)
+    torch.testing.assert_close(ours(x).double(), ref(x.double()), rtol=tol, atol=tol * max(1, loc))
 
 def test_backward_paths_agree():
     "The PyTorch route's fast backward (after 20 samples) and its general one (used while the clamp may apply) give the same gradients."
@@ -137,6 +142,7 @@ def test_no_host_reads(cls, monkeypatch):
             m(torch.randn(bs, 3, 4, 4, requires_grad=True)).sum().backward()
         m.eval()(x)
 
+@pytest.mark.slow
 def test_compiled_model_trains_as_eager():
     "A CNN of `RunningBatchNorm`s compiled by Inductor trains as the eager one, batch sizes changing (issue 24: a recursion error on the\
  second compiled step); the fast layers too, with eager steps in between, their counters kept right."

@@ -175,7 +175,9 @@ def test_channel_stats_match_data(folder):
 
 # ---------------------------------------------------------------- worker processes
 
-@pytest.mark.parametrize('method', ['fork', 'spawn'])
+SPAWN = pytest.param('spawn', marks=pytest.mark.slow)   # each spawned worker imports dl2: seconds
+
+@pytest.mark.parametrize('method', ['fork', SPAWN])
 def test_workers(folder, method):
     "Two workers under each start method give the same batches as the main process (spawn pickles the dataset)."
     data = image_databunch(folder, size=16, bs=1, num_workers=2, multiprocessing_context=method)
@@ -187,7 +189,7 @@ def _collate_in_shared_memory(batch):
     "Collate function for the test below: where `SharedCollate` puts a batch inside a worker."
     return torch.tensor(SharedCollate().empty((2, 3)).is_shared())
 
-@pytest.mark.parametrize('method', ['fork', 'spawn'])
+@pytest.mark.parametrize('method', ['fork', SPAWN])
 def test_batches_made_in_shared_memory_by_workers(method):
     "Inside a worker a batch is made in shared memory (sending it costs no copy); in the main process, in ordinary memory."
     assert not SharedCollate().empty((2, 3)).is_shared()
@@ -264,6 +266,7 @@ def _run(code, env=None, timeout=120):
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
     return p.returncode, p.stdout, p.stderr
 
+@pytest.mark.slow
 @posix_only
 def test_preload_cache_on_a_full_disk_warns_and_goes_on(folder, tmp_path):
     "Files may grow to 20 kB only (as if the disk filled up): the 150 kB cache cannot be written, and that is a warning."
@@ -309,6 +312,7 @@ def _group_gone(pgid, timeout=15):
 
 def _builds(data): return [p.name for p in data.iterdir() if p.name.startswith('.fashion-mnist-png')]
 
+@pytest.mark.slow
 @posix_only
 @pytest.mark.parametrize('delay', [0.2, 1.0, 2.5])
 def test_png_build_interrupted_by_ctrl_c(tmp_path, delay):
@@ -325,6 +329,7 @@ def test_png_build_interrupted_by_ctrl_c(tmp_path, delay):
     assert _group_gone(p.pid), 'pool workers outlived the interrupted build'
     assert _builds(tmp_path) == [] and not (tmp_path/'fashion-mnist-png').exists()
 
+@pytest.mark.slow
 @posix_only
 def test_png_build_killed_by_a_signal_is_cleaned_up_by_the_next(tmp_path, monkeypatch):
     "SIGKILL to the main process: its workers exit by themselves, and the next build removes the folder it left."
@@ -339,6 +344,7 @@ def test_png_build_killed_by_a_signal_is_cleaned_up_by_the_next(tmp_path, monkey
 
 # ---------------------------------------------------------------- what importing brings
 
+@pytest.mark.slow
 def test_imports_stay_light():
     "The lesson module loads none of the engine, speed wing, distributed code or command; nothing of dl2 loads torchvision."
     code = '''import sys, dl2.data_block

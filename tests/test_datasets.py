@@ -347,6 +347,7 @@ print(ds.untar_data(sys.argv[1]))
 print(*calls)
 '''
 
+@pytest.mark.slow
 def test_dl2_imports_and_untars_without_fcntl(data, tmp_path):
     "Windows has no fcntl: dl2 must import all the same, and lock the data folder through msvcrt (a stand-in here)."
     (tmp_path/'good.tgz').write_bytes(tgz(GOOD))
@@ -374,6 +375,7 @@ else: ds._replace_dir = lambda *a: os._exit(3)                      # dies just 
 ds.untar_data(sys.argv[1])
 '''
 
+@pytest.mark.slow
 def test_killed_runs_leave_nothing_for_long(server, data):
     server.routes['/good.tgz'] = Route(tgz(GOOD))
     for stage in ['download', 'extract']:
@@ -410,6 +412,7 @@ with atomic_write(sys.argv[1]) as tmp:
     sys.stdin.read()  # a writer that is still at work
 '''
 
+@pytest.mark.slow
 def test_killed_writer_leftover_removed_by_the_next_write(tmp_path):
     dest = tmp_path/'checkpoint.pth'
     killed, dead_tmp = waiting_child(WRITER_CHILD, dest, 'kill')
@@ -437,6 +440,7 @@ print(tmp.name, flush=True)
 sys.stdin.read()
 '''
 
+@pytest.mark.slow
 def test_untar_data_spares_a_running_process_leftover(server, data, tmp_path):
     "untar_data's cleanup deletes the leftovers of ended processes only, even beside a `dest` outside the data folder."
     server.routes['/good.tgz'] = Route(tgz(GOOD))
@@ -464,6 +468,7 @@ print('get_data:', tuple(x_train.shape), *[str(w.message) for w in caught])
 # root ignores file permissions; without these capabilities it obeys them like anyone else
 AS_UNPRIVILEGED = ['setpriv', '--bounding-set=-dac_override,-dac_read_search,-fowner'] if os.geteuid() == 0 else []
 
+@pytest.mark.slow
 @pytest.mark.skipif(AS_UNPRIVILEGED and not shutil.which('setpriv'), reason='running as root, and no setpriv to drop its privileges')
 def test_read_only_data_folder(server, fake_mnist):
     "A shared, read-only data folder: nothing can be added, but what is there loads (uncached), and errors say why."
@@ -500,6 +505,7 @@ try: ds.find_mnist('mnist')
 except ds.DatasetNotFoundError as e: print('find_mnist:', e)
 '''
 
+@pytest.mark.slow
 @pytest.mark.skipif(AS_UNPRIVILEGED and not shutil.which('setpriv'), reason='running as root, and no setpriv to drop its privileges')
 def test_data_folder_that_cannot_be_created(server, fake_mnist, tmp_path):
     "$DL2_DATA (or ~/.dl2) on a read-only disk: what is readable elsewhere still loads, and writers name the folder."
@@ -892,6 +898,7 @@ class Planted:
     def __reduce__(self): return (Path.touch, (self.path,))
 
 
+@pytest.mark.slow
 def test_get_data_rebuilds_a_bad_cache(server, data, monkeypatch, fake_mnist, tmp_path):
     serve_mnist(server, monkeypatch, fake_mnist, 'mnist')
     loads = []

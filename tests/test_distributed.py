@@ -15,6 +15,8 @@ from dl2.learner import Callback, CancelTrainException, Learner, AvgStatsCallbac
 from dl2.optimizers import adam_opt
 from dl2.schedules import ParamScheduler, Recorder, one_cycle
 
+pytestmark = pytest.mark.slow   # several processes, each importing dl2, training
+
 SEED, EPOCHS, STEPS = 5, 2, 10   # 20 steps of a global batch of 16: 8 per process on two
 
 def toy_data(n, seed):
@@ -131,7 +133,7 @@ def alive(pid):
 def test_nproc_end_to_end(tmp_path):
     "Two processes, one epoch: exit code 0, each line printed once, the files written by rank 0 alone; it resumes on one process."
     out = tmp_path/'run'
-    stdout, err = finish(p := cli('--nproc', '2', '--subset', '2000', '--epochs', '1', '--out', str(out)))
+    stdout, err = finish(p := cli('--nproc', '2', *SMALL, '--epochs', '1', '--out', str(out)))
     assert p.returncode == 0 and 'Traceback' not in err, err
     lines = stdout.splitlines()
     assert len(lines) == 3 and lines[0].split()[:2] == ['epoch', 'train_loss'] and lines[2].startswith('final validation accuracy'), stdout

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from installed import installed_here
 
+pytestmark = pytest.mark.slow   # the GPU check's dry run: every benchmark and a training run
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # elsewhere (dl2 installed from another checkout, or not at all) gpu_check.sh would install dl2 into this environment

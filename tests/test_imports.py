@@ -1,5 +1,5 @@
 "Every module of dl2 imports on its own, and `dl2.imports` gives lesson code the names it relies on."
-import importlib, pkgutil, re, subprocess, sys
+import importlib, json, pkgutil, re, subprocess, sys
 from pathlib import Path
 import pytest
 import dl2
@@ -33,10 +33,52 @@ def test_the_lesson_wing_loads_no_other_wing():
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == '[]', r.stdout
 
+# Each module is imported in a process of its own, so that one module's import can't hide another's missing import. Where
+# processes fork (Linux), one process imports torch, which every fresh interpreter importing dl2 would import too, and forks a
+# child per module that imports only that module: the seconds torch takes are spent once, not once per module.
+IMPORT_EACH = r"""import json, os, sys, traceback
+import torch
+errors = {}
+for name in sys.argv[1:]:
+    r, w = os.pipe()
+    if (pid := os.fork()) == 0:
+        os.close(r)
+        try: __import__(name); err = b''
+        except BaseException: err = traceback.format_exc().encode()
+        os.write(w, err); os._exit(0)
+    os.close(w)
+    with os.fdopen(r, 'rb') as f: err = f.read().decode()
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    errors[name] = err or (f'the process importing it ended with {code}' if code else '')
+print(json.dumps(errors))"""
+
+def fresh_import(names):
+    "For each module in `names`, the error (a traceback) of importing it alone in a new process; '' where it imports."
+    if sys.platform != 'linux':   # no fork (Windows), or fork unsafe once some of torch's libraries are loaded (macOS)
+        done = {n: subprocess.run([sys.executable, '-c', f'import {n}'], capture_output=True, text=True) for n in names}
+        return {n: (r.stderr or f'the process importing it ended with {r.returncode}') if r.returncode else '' for n, r in done.items()}
+    r = subprocess.run([sys.executable, '-c', IMPORT_EACH, *names], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+@pytest.fixture(scope='module')
+def import_errors(): return fresh_import([f'dl2.{m}' for m in MODULES])
+
+@pytest.mark.xdist_group('import_errors')   # one xdist worker runs them all, and the fixture once
 @pytest.mark.parametrize('name', MODULES)
-def test_module_imports_alone(name):
-    "A fresh interpreter, so one module's import can't hide another's missing import."
-    subprocess.run([sys.executable, '-c', f'import dl2.{name}'], check=True)
+def test_module_imports_alone(name, import_errors):
+    "The module imports alone, in a process of its own."
+    assert not import_errors[f'dl2.{name}'], import_errors[f'dl2.{name}']
+
+@pytest.mark.slow
+def test_fresh_import_reports_failures(tmp_path, monkeypatch):
+    "Each module alone: one relying on another's import fails with its traceback, and so does one whose process dies."
+    (tmp_path/'adds.py').write_text('import json\njson.added = 1\n')
+    (tmp_path/'relies.py').write_text('import json\njson.added\n')   # imports only after `adds`
+    (tmp_path/'dies.py').write_text('import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n')
+    monkeypatch.setenv('PYTHONPATH', str(tmp_path))
+    errors = fresh_import(['adds', 'relies', 'dies'])
+    assert errors['adds'] == '' and "has no attribute 'added'" in errors['relies'] and errors['dies'], errors
 
 @pytest.mark.parametrize('name', MODULES)
 def test_all_names_exist(name):

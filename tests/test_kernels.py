@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import dl2
 
+pytestmark = pytest.mark.slow   # fresh processes that load or build the C++ kernel
+
 LOAD = '''import warnings
 warnings.simplefilter('always')
 import dl2

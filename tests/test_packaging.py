@@ -27,6 +27,9 @@ def test_readme_names_and_links_as_settings_do():
     links = {l.rstrip('.,;:') for l in re.findall(r'https?://[\w.-]*github\.(?:io|com)[^\s`)>]*', readme)}
     assert links and links <= {CFG['doc_host'] + CFG['doc_baseurl'], CFG['git_url']}, links
 
+# the tests of the built files go to one xdist worker (`--dist loadgroup`), which builds them once
+one_build = pytest.mark.xdist_group('dists')
+
 @pytest.fixture(scope='module')
 def dists(checkout):
     "The sdist and the wheel that `python -m build` (which builds the wheel from the sdist) makes of a clean copy of the repo."
@@ -38,11 +41,15 @@ def dists(checkout):
     (sdist,), (wheel,) = out.glob('*.tar.gz'), out.glob('*.whl')
     return sdist, wheel
 
+@pytest.mark.slow
+@one_build
 def test_sdist_can_rebuild_the_wheel(dists):
     names = {n.split('/', 1)[1] for n in tarfile.open(dists[0]).getnames() if '/' in n}
     assert {'settings.ini', 'setup.py', 'pyproject.toml', 'MANIFEST.in', 'LICENSE', 'README.md', *PROBES} <= names
     assert modules() <= names
 
+@pytest.mark.slow
+@one_build
 def test_wheel_has_the_package_and_its_data(dists):
     with zipfile.ZipFile(dists[1]) as z:
         names = set(z.namelist())
@@ -50,8 +57,10 @@ def test_wheel_has_the_package_and_its_data(dists):
     repo_csrc = {p.relative_to(ROOT).as_posix() for p in (ROOT/'dl2').glob('fast/csrc/*') if p.suffix in ('.cpp', '.h')}
     assert repo_csrc and modules() | set(PROBES) | repo_csrc <= names
     assert any(n.endswith('.dist-info/licenses/LICENSE') for n in names)
-    assert 'dl2_train = dl2.cli:dl2_train' in entry_points
+    assert f"dl2_train = {CFG['console_scripts'].split('=')[1]}" in entry_points   # settings.ini's console script
 
+@pytest.mark.slow
+@one_build
 def test_wheel_metadata_comes_from_settings(dists):
     with zipfile.ZipFile(dists[1]) as z:
         meta = Parser().parsestr(z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode())
@@ -79,6 +88,8 @@ def fresh_venv(path):
     (Path(purelib)/'outer_env.pth').write_text(''.join(f'{p}\n' for p in sys.path if p.endswith(('site-packages', 'dist-packages'))))
     return py
 
+@pytest.mark.slow
+@one_build
 def test_wheel_installs_and_trains_outside_the_repo(dists, tmp_path):
     py = fresh_venv(tmp_path/'venv')
     # dl2 of the same version is visible from this environment (editable): --force-reinstall puts the wheel's in the
@@ -90,7 +101,7 @@ def test_wheel_installs_and_trains_outside_the_repo(dists, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
     where = subprocess.run([py, '-c', 'import dl2; print(dl2.__file__)'], cwd=work, env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()).is_relative_to(tmp_path/'venv'), where.stdout
-    r = subprocess.run([tmp_path/'venv'/'bin'/'dl2_train', '--subset', '2000', '--epochs', '1', '--out', 'run'],
+    r = subprocess.run([tmp_path/'venv'/'bin'/'dl2_train', '--subset', '500', '--nfs', '8,16', '--epochs', '1', '--out', 'run'],
                        cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert {'checkpoint.pth', 'metrics.csv', 'loss.png', 'lr.png'} <= {p.name for p in (work/'run').iterdir()}

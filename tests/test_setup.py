@@ -41,6 +41,7 @@ def setup_sh(repo, *cmd, **env):
 def test_scripts_parse():
     for script in ['tests/setup.sh', 'tests/run.sh', '.ci/run', 'benchmarks/gpu_check.sh']: subprocess.run(['bash', '-n', ROOT/script], check=True)
 
+@pytest.mark.slow
 @pytest.mark.skipif(SYSTEM_PY is None, reason='no externally managed Python 3.10+ with venv at /usr/bin, /opt/homebrew/bin or /usr/local/bin')
 def test_system_python_gets_a_venv_then_active_envs_are_used(checkout, torch_stub):
     repo = checkout('repo')
@@ -70,6 +71,7 @@ def test_system_python_gets_a_venv_then_active_envs_are_used(checkout, torch_stu
         assert Path(prefix) == venv and Path(dl2_file) == other/'dl2'/'__init__.py' and not (other/'.venv').exists()
         assert virtual_env == ('' if 'CONDA_PREFIX' in env else str(venv))
 
+@pytest.mark.slow
 @pytest.mark.skipif(SYSTEM_PY is None, reason='no externally managed Python 3.10+ with venv at /usr/bin, /opt/homebrew/bin or /usr/local/bin')
 def test_python_without_pytorch_gets_an_isolated_venv_and_pytorch(checkout, tmp_path):
     "Without PyTorch in the base Python, .venv sees none of its packages and setup installs PyTorch (here from an empty index)."

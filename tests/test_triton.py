@@ -295,6 +295,7 @@ def run_python(*args):
     env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
 
+@pytest.mark.slow
 def test_compiles_for_h100():
     "Every kernel launch of both steps compiles for an H100 (sm_90), GPU or not; LAMB's whole chunks use 16-byte loads."
     pytest.importorskip('triton.backends.nvidia')
@@ -302,6 +303,7 @@ def test_compiles_for_h100():
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'built for sm_90' in r.stdout, r.stdout
 
+@pytest.mark.slow
 def test_without_triton():
     "Where Triton is missing the module still imports, `triton_available()` is False, and the steps say why they cannot run."
     code = '''import sys
