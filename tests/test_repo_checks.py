@@ -1,5 +1,5 @@
 "The repo checks that CI runs must fail when the repo is broken, and pass on the repo as committed."
-import json, shutil, subprocess
+import json, tempfile, shutil, subprocess
 from pathlib import Path
 import pytest
 from check_repo import ROOT, legacy_directives, export_drift, clean_drift, sidebar_drift, missing_kernelspec, readme_from_index
@@ -106,10 +106,20 @@ def test_missing_outputs_fail():
              _cell('#| eval: false\nx.shape'), _cell('x.shape;'), _cell('def f(): print(1)')]
     assert missing_outputs(cells) == [(0, 'a figure'), (1, 'printed text'), (2, 'a value')]
 
+def test_cleared_outputs_fail(tmp_path):
+    "Once a notebook has run, its record of which code cells had outputs is what counts: a cell cleared since is reported."
+    cells = [dict(cell_type='markdown', id='m', source='# hi', metadata={}), _cell('x', VALUE), _cell('rm(tmp)'), _cell('print(1)', TEXT)]
+    nb = _ran(tmp_path/'a.ipynb', cells, shown=[0, 2])
+    assert problems(nb) == []
+    cells[3]['outputs'] = []
+    assert problems(_ran(tmp_path/'a.ipynb', cells, shown=[0, 2])) == [
+        'a.ipynb cell 3: it shows the output of its full run but has no output: run `python tests/tools/run_notebooks.py nbs/a.ipynb`']
+
 def test_machine_paths_and_size_fail(tmp_path):
     leak = dict(TEXT, text=f'saved to {ROOT}/nbs/run\n')
     nb = _ran(tmp_path/'a.ipynb', [_cell('print(where)', leak)])
     assert any('holds a path of the machine' in p for p in problems(nb))
     assert neutral(leak['text']) == 'saved to ./run\n'
+    assert neutral(f'{tempfile.gettempdir()}/tmpab/x') == '$TMPDIR/tmpab/x'
     big = _ran(tmp_path/'b.ipynb', [_cell('plt.plot([1])', dict(PNG, data={'image/png': 'A' * 2_100_000}))])
     assert any('over the 2,000,000-byte budget' in p for p in problems(big))

@@ -272,15 +272,6 @@ def test_resume_refuses_a_damaged_checkpoint_and_keeps_a_link(finished, tmp_path
     code, err = refused(capsys, '--out', str(out), '--resume', '--epochs', '3')
     assert code == 2 and one_line(err, 'is damaged'), err
 
-def test_ctrl_c_while_starting_is_one_line(tmp_path):
-    "SIGINT while PyTorch is still being imported: one line, exit code 130, no traceback, no folder."
-    p = subprocess.Popen([sys.executable, '-c', 'import sys, dl2.cli; sys.exit(dl2.cli.dl2_train())', '--out', str(tmp_path/'run')],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5); p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and err.strip() == 'dl2_train: interrupted while starting: nothing was done', err
-    assert not (tmp_path/'run').exists()
-
 @pytest.mark.slow
 @pytest.mark.parametrize('args, msg', [(['--out', ''], 'an empty name'), (['--device', 'cuda'], 'no CUDA device')])
 def test_refused_runs_leave_nothing(tmp_path, args, msg):

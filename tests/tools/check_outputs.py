@@ -1,4 +1,5 @@
-"""Check the notebooks' stored outputs: present where a cell draws or prints a result, made from the notebook's current
+"""Check the notebooks' stored outputs: present where the full run gave them (where a cell draws or prints a result,
+for a notebook never run), made from the notebook's current
 code, within the size budget, and free of this machine's paths. Part of the test command (tests/run.sh).
 
     python tests/tools/check_outputs.py            # every notebook but index.ipynb; exit 1 with one line per problem
@@ -47,8 +48,12 @@ def _has(cell, kinds):
         if 'value' in kinds and o['output_type'] in ('execute_result', 'display_data'): return True
     return False
 
-def missing_outputs(cells):
-    "`(index, what)` for each code cell that draws, prints or shows a value but has no such output."
+def missing_outputs(cells, shown=None):
+    "`(index, what)` for each code cell without the outputs it should have: those its full run gave (`shown`, the code cells'\
+ ordinals that `run_notebooks.py` records) or, for a notebook never run, those its code draws, prints or shows."
+    if shown is not None:
+        code = [i for i, c in enumerate(cells) if c['cell_type'] == 'code']
+        return [(code[k], 'the output of its full run') for k in shown if k < len(code) and not cells[code[k]].get('outputs')]
     found = []
     for i, c in enumerate(cells):
         src = _source(c)
@@ -69,7 +74,7 @@ def problems(nb):
     meta, cells, name, out = d['metadata'].get('dl2', {}), d['cells'], nb.name, []
     rerun = f'run `python tests/tools/run_notebooks.py nbs/{name}`'
     if meta.get('code_hash') != code_hash(cells): out.append(f'{name}: its outputs are not from its current code: {rerun}')
-    out += [f'{name} cell {i}: it shows {what} but has no output: {rerun}' for i, what in missing_outputs(cells)]
+    out += [f'{name} cell {i}: it shows {what} but has no output: {rerun}' for i, what in missing_outputs(cells, meta.get('shown'))]
     out += [f'{name} cell {i}: an output holds a path of the machine that ran it: {rerun}' for i in machine_paths(cells)]
     if (size := nb.stat().st_size) > NB_BUDGET: out.append(f'{name}: {size:,} bytes, over the {NB_BUDGET:,}-byte budget: smaller figures')
     return out

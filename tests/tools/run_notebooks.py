@@ -9,7 +9,7 @@ Each notebook runs in a fresh Python process, as a student's kernel would, with 
 full data or nothing is written. The outputs are then made machine-neutral (the repo's folder, the home folder and
 the temporary folder are written as `.`, `~` and `$TMPDIR`), the notebook is cleaned as `nbdev_clean` does, and its
 metadata records a hash of its code cells (`tests/tools/check_outputs.py` fails when the code changes without a
-new run), the run's wall time and the machine it ran on.
+new run), which code cells had outputs (it fails when one is found cleared), the run's wall time and the machine it ran on.
 """
 import argparse, hashlib, json, os, platform, re, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -24,6 +24,10 @@ def code_hash(cells):
                      for c in cells if c['cell_type'] == 'code')
     return hashlib.sha256(code.encode()).hexdigest()[:16]
 
+def shown(cells):
+    "The ordinals (among code cells) of the cells that have outputs: `check_outputs.py` reports any of them found empty."
+    return [k for k, c in enumerate(c for c in cells if c['cell_type'] == 'code') if c.get('outputs')]
+
 def machine():
     "A short description of this machine (no names or paths): CPU model, cores, PyTorch version."
     cpu = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')),
@@ -34,7 +38,7 @@ def machine():
 def neutral(text):
     "`text` with this machine's repo, home and temporary folders written as `.`, `~` and `$TMPDIR`."
     for path, name in [(str(ROOT/'nbs'), '.'), (str(ROOT), '..'), (tempfile.gettempdir(), '$TMPDIR'), (str(Path.home()), '~')]:
-        text = text.replace(path, name)
+        text = re.sub(re.escape(path) + r'(?![\w.-])', lambda m: name, text)   # whole names: /tmp/tmpab is $TMPDIR/tmpab
     return text
 
 def _neutral_outputs(cell):
@@ -56,7 +60,8 @@ def execute(nb_path):
     os.chdir(nb_path.parent)
     shell.run_all(nb, exc_stop=True, preproc=lambda c: c.cell_type != 'code' or bool(EVAL_FALSE.search(c.source)))
     for c in nb.cells: _neutral_outputs(c)
-    nb.metadata['dl2'] = dict(code_hash=code_hash(nb.cells), full_run_seconds=round(time.time() - start), ran_on=machine())
+    nb.metadata['dl2'] = dict(code_hash=code_hash(nb.cells), full_run_seconds=round(time.time() - start), ran_on=machine(),
+                              shown=shown(nb.cells))
     write_nb(nb, nb_path)
     subprocess.run(['nbdev_clean', '--fname', str(nb_path)], check=True, cwd=ROOT)
 
