@@ -1,5 +1,5 @@
 "Fixtures shared by the test modules."
-import os, shutil, subprocess, sys
+import os, shutil, signal, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -16,6 +16,10 @@ from dl2.fast.kernels import load_cpp, triton_interpreting, use_triton_interpret
 # as it is imported, and importing torch.distributed (dl2.distributed) already imports it: so the choice is made here,
 # before any test module is collected.
 if not (torch.cuda.is_available() or triton_interpreting()): use_triton_interpreter()
+
+# Tests press Ctrl-C on child processes. A shell starting a command in the background (`cmd &`, nohup) makes it ignore
+# SIGINT, and its children would inherit that; the handler set here makes children start with Python's default instead.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 @pytest.fixture
 def no_compiler(monkeypatch, tmp_path):
