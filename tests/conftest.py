@@ -1,5 +1,5 @@
 "Fixtures shared by the test modules."
-import os, shutil, signal, subprocess, sys
+import contextlib, os, shutil, signal, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -45,3 +45,20 @@ def checkout(tmp_path_factory):
             shutil.copy2(root/f, dest/f)
         return dest
     return make
+
+def _host_read(*args, **kwargs): raise AssertionError('a training step read a value from a tensor on the host')
+
+@pytest.fixture
+def no_host_reads(monkeypatch):
+    "A context manager inside which reading a tensor's value on the host fails; with `cuda_syncs=True` on a GPU, so does any\
+ CUDA call that waits for the device."
+    @contextlib.contextmanager
+    def block(cuda_syncs=False):
+        with monkeypatch.context() as m:
+            for name in ('item', 'tolist', '__float__', '__int__', '__bool__', '__index__'): m.setattr(torch.Tensor, name, _host_read)
+            cuda_syncs = cuda_syncs and torch.cuda.is_available()
+            if cuda_syncs: torch.cuda.set_sync_debug_mode('error')
+            try: yield
+            finally:
+                if cuda_syncs: torch.cuda.set_sync_debug_mode('default')
+    return block

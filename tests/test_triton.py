@@ -6,7 +6,7 @@
 Triton reads TRITON_INTERPRET when it is first imported: without a GPU, `conftest.py` switches the interpreter on before any
 test module is collected. With a GPU and no variable, the same tests run the compiled kernels on CUDA tensors.
 """
-import contextlib, copy, importlib, os, subprocess, sys, threading
+import copy, importlib, os, subprocess, sys, threading
 from pathlib import Path
 import pytest, torch
 from torch import nn
@@ -254,19 +254,7 @@ def test_lamb_bad_inputs():
     with pytest.raises(ValueError, match='tensor 0'): tk.lamb_triton_(**args(grads=[p.double()]))
     with pytest.raises(ValueError, match='1 weights, 0 gradients'): tk.lamb_triton_(**args(grads=[]))
 
-def _host_read(*args, **kwargs): raise AssertionError('a training step read a value from a tensor on the host')
-
-@contextlib.contextmanager
-def no_host_sync(monkeypatch):
-    "Reading a tensor's value on the host fails inside; on a GPU, so does any CUDA call that waits for the device."
-    with monkeypatch.context() as m:
-        for name in ('item', 'tolist', '__float__', '__int__', '__bool__', '__index__'): m.setattr(torch.Tensor, name, _host_read)
-        if DEVICE == 'cuda': torch.cuda.set_sync_debug_mode('error')
-        try: yield
-        finally:
-            if DEVICE == 'cuda': torch.cuda.set_sync_debug_mode('default')
-
-def test_no_host_sync(monkeypatch):
+def test_no_host_sync(no_host_reads):
     "Neither training step reads anything back from the device: step counts and `eps` stay there."
     ps = [torch.randn(3000, device=DEVICE), torch.randn(4, 3, device=DEVICE)]
     grads, steps = [torch.randn_like(p) for p in ps], torch.zeros(2, device=DEVICE)
@@ -278,7 +266,7 @@ def test_no_host_sync(monkeypatch):
     rbn, opt = triton_layer(3), fused(lamb, lamb_route='triton')([p.clone().requires_grad_() for p in ps], lr=0.01)
     for p in opt.param_groups[0]['params']: p.grad = torch.randn_like(p)
     rbn(x.detach())   # the first call reads the module's counters once, after construction
-    with no_host_sync(monkeypatch):
+    with no_host_reads(cuda_syncs=True):
         for _ in range(2):
             steps += 1
             tk.lamb_triton_(ps, grads, *state, steps, **LAMB)
