@@ -1,6 +1,6 @@
-"""Check the notebooks' stored outputs: present where the full run gave them (where a cell draws or prints a result,
-for a notebook never run), made from the notebook's current
-code, within the size budget, and free of this machine's paths. Part of the test command (tests/run.sh).
+"""Check the notebooks' stored outputs: present where the full run gave them (for a notebook never run: where a cell
+draws, prints or shows a result), made from the notebook's current code, within the size budget, and free of this
+machine's paths. Part of the test command (tests/run.sh).
 
     python tests/tools/check_outputs.py            # every notebook but index.ipynb; exit 1 with one line per problem
 
